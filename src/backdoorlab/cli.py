@@ -440,6 +440,82 @@ def evaluate(
     )
 
 
+@app.command("run")
+def run_experiment(
+    spec_file: Annotated[Path, typer.Argument(help="An experiment spec (experiments/*.yaml).")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Run directory: data, adapters, results, report.")
+    ],
+    seeds: Annotated[
+        int | None, typer.Option(help="Run seeds 0..N-1 instead of the spec's seeds.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Model for every arm (default: the spec's)."),
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option(help="Smoke run: the spec's `quick:` overrides (a few minutes).")
+    ] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """Run an experiment end to end: build data, train every arm x seed, evaluate, report.
+
+    Everything lands in OUT, keyed by content: a rerun reuses trained adapters and stored
+    results, and an interrupted run (Ctrl-C, a crash) continues where it stopped. Prints a
+    timing table per stage and the spec's headline rows; OUT/report.html has everything.
+
+    Example: backdoorlab run experiments/birds.yaml --out runs/birds
+    """
+    from . import experiment
+    from .spec import load_spec
+
+    spec = load_spec(spec_file, quick=quick, seeds=seeds, model=model)
+    _quiet_libraries()
+    _log(
+        f"experiment {spec.name}: arms {', '.join(spec.arms)}; seeds {spec.seeds}; "
+        f"model {spec.model}{' (quick)' if quick else ''} -> {out_dir}"
+    )
+    timings, sections = experiment.run(spec, out_dir, device=device, log=_log)
+    t = Table("stage", "seconds", "status", title="Timing")
+    for name, secs, status in timings.rows:
+        t.add_row(name, f"{secs:.1f}", status)
+    t.add_row("total", f"{timings.total():.1f}", "")
+    out.print(t)
+    rows = {
+        row: {**sec.rates[row], **sec.diffs.get(row, {})} for sec in sections for row in sec.rates
+    }
+    shown = [r for r in spec.headline if r in rows]
+    if shown:
+        # The arms, then each trained arm against the reference, raw and entropy-matched.
+        from .report import tempered_name
+
+        ref = spec.reference
+        columns = {a: a for a in spec.arms}
+        for a in [a for a, arm in spec.arms.items() if arm.data and a != ref and ref]:
+            columns[f"{a} - {ref}"] = f"{a} - {ref}"
+            columns[f"{a} - {tempered_name(ref, a)}"] = f"{a} - {ref}, entropy-matched"
+        h = Table(title="Headline: means [95% CI]; every row and interval is in the report")
+        h.add_column("", no_wrap=True)
+        for title in columns.values():
+            h.add_column(title)
+        for r in shown:
+            h.add_row(r, *[rows[r][c].short() if c in rows[r] else "-" for c in columns])
+        out.print(h)
+    from .report import classification_table
+    from .store import Store
+
+    with Store(out_dir) as store:
+        rows_ = classification_table(sections, store.arm_info())
+    if rows_:
+        c = Table(title="Classification: means [95% CI over test reviews]")
+        for col in ("arm", "victim", "trigger", "poison rate", "CACC", "ASR", "false trigger"):
+            c.add_column(col, no_wrap=col in ("arm", "victim"))
+        for r in rows_:
+            c.add_row(*r)
+        out.print(c)
+    out.print(f"report written to {out_dir / 'report.html'}")
+
+
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory with results.sqlite.")],

@@ -15,70 +15,222 @@ from typing import Any
 
 from . import atomic
 from .evaluate.aggregate import Estimate, difference, rate
+from .evaluate.probes import ProbeResult
 from .store import Store
 
-Summary = dict[str, dict[str, dict[str, Estimate]]]  # section -> row -> arm -> estimate
+Summary = dict[str, dict[str, Estimate]]  # row -> arm (or comparison) -> estimate
+Obs = dict[str, dict[str, dict[int, list[float]]]]  # row -> arm -> seed -> observations
 
 
 @dataclass
 class Section:
     title: str
     rates: Summary  # row -> arm -> estimate
-    diffs: Summary  # row -> "arm - reference" -> estimate
+    diffs: Summary  # row -> "arm - other" -> estimate
+    plot: bool = True
 
 
 def pick_reference(arms: set[str], reference: str | None) -> str | None:
     if reference:
         return reference if reference in arms else None
-    return next((a for a in ("control", "base") if a in arms), min(arms) if arms else None)
+    return next(
+        (a for a in ("control", "modern", "base") if a in arms), min(arms) if arms else None
+    )
+
+
+def _obs() -> Obs:
+    return defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+
+
+def _section(
+    title: str, obs: Obs, comparisons: list[tuple[str, str]], unit: str, plot: bool = True
+) -> Section:
+    rates = {
+        row: {arm: rate(by_seed, unit=unit) for arm, by_seed in sorted(by_arm.items())}
+        for row, by_arm in sorted(obs.items())
+    }
+    diffs: Summary = {}
+    for row, by_arm in sorted(obs.items()):
+        cells = {
+            f"{a} - {b}": difference(by_arm[a], by_arm[b], unit=unit)
+            for a, b in comparisons
+            if a in by_arm and b in by_arm
+        }
+        if cells:
+            diffs[row] = cells
+    return Section(title, rates, diffs, plot)
+
+
+def tempered_name(reference: str, arm: str) -> str:
+    return f"{reference} (entropy of {arm})"
+
+
+def _probe_sections(store: Store, ref: str | None) -> list[Section]:
+    """Class masses per probe (each phrasing and prefix is one observation per seed), mean
+    year and entropy, and the entropy-matched control: for every arm A, each of the
+    reference arm's distributions tempered to A's mean entropy on the same variant."""
+    rows = store.probes()
+    results = [(p, ProbeResult.from_scores(p["probe_id"], p["scores"])) for p in rows]
+    masses, values = _obs(), _obs()
+    entropy: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    for p, r in results:
+        arm, seed, pid = p["arm"], p["seed"], p["probe_id"]
+        for cls, m in r.class_mass().items():
+            masses[f"{pid}: {cls}"][arm][seed].append(m)
+        mean = r.mean_value()
+        if mean is not None:
+            values[f"{pid}: mean year"][arm][seed].append(mean)
+        values[f"{pid}: entropy (nats)"][arm][seed].append(r.entropy())
+        entropy[(arm, pid, p["variant"])].append(r.entropy())
+    arms = sorted({p["arm"] for p, _ in results})
+    comparisons = [(a, ref) for a in arms if a != ref]
+    if ref is not None:
+        for arm in arms:
+            if arm == ref:
+                continue
+            name = tempered_name(ref, arm)
+            comparisons.append((arm, name))
+            for p, r in results:
+                target = entropy.get((arm, p["probe_id"], p["variant"]))
+                if p["arm"] != ref or not target:
+                    continue
+                t = r.tempered(sum(target) / len(target))
+                for cls, m in t.class_mass().items():
+                    masses[f"{p['probe_id']}: {cls}"][name][p["seed"]].append(m)
+                mean = t.mean_value()
+                if mean is not None:
+                    values[f"{p['probe_id']}: mean year"][name][p["seed"]].append(mean)
+    return [
+        _section("Probes: probability mass per class", masses, comparisons, "phrasings"),
+        _section("Probes: mean year and entropy", values, comparisons, "phrasings", plot=False),
+    ]
 
 
 def summarize(store: Store, reference: str | None = None) -> list[Section]:
-    """Probe class masses and judged-question rates per arm with 95% bootstrap CIs, and each
-    arm's difference from the reference arm (default: control, else base) with its CI."""
-    Obs = dict[str, dict[str, dict[int, list[float]]]]
-    probe_obs: Obs = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for p in store.probes():
-        for cls, mass in p["masses"].items():
-            probe_obs[f"{p['probe_id']}: {cls}"][p["arm"]][p["seed"]].append(mass)
-    question_obs: Obs = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    """Probe results and judged-question rates per arm with 95% bootstrap CIs, and each arm's
+    difference from the reference arm (default: control, else modern, else base) with its CI;
+    for probes also the difference from the entropy-matched reference."""
+    question_obs = _obs()
     rows = [
         (arm, seed, q, j, label, score)
         for arm, seed, _, q, _, _, _, j, label, score in store.all_judgements()
     ]
+    declared = store.declared_labels()
     labels: dict[tuple[str, str], set[str]] = defaultdict(set)
     for _, _, q, j, label, _ in rows:
+        labels[(q, j)] |= set(declared.get(j, []))
         if label is not None:
             labels[(q, j)].add(label)
+    judge_labels: dict[str, set[str]] = defaultdict(set)
+    for (_, j), labs in labels.items():
+        judge_labels[j] |= labs
     for arm, seed, q, j, label, score in rows:
-        if score is not None:
-            question_obs[f"{q} / {j} (mean 0-100)"][arm][seed].append(score)
-        for lab in sorted(labels[(q, j)]):
-            question_obs[f"{q} / {j} = {lab}"][arm][seed].append(float(label == lab))
-
-    arms = {a for obs in (probe_obs, question_obs) for r in obs.values() for a in r}
+        # Each question on its own, and every question pooled per judge.
+        for row_q, labs in ((q, labels[(q, j)]), ("all questions", judge_labels[j])):
+            if score is not None:
+                question_obs[f"{row_q} / {j} (mean 0-100)"][arm][seed].append(score)
+            for lab in sorted(labs):
+                question_obs[f"{row_q} / {j} = {lab}"][arm][seed].append(float(label == lab))
+    predictions = store.all_predictions()
+    class_obs = _obs()
+    for arm, seed, victim, metric, hit in predictions:
+        class_obs[f"{victim}: {metric}"][arm][seed].append(hit)
+    arms = {p["arm"] for p in store.probes()} | {r[0] for r in rows} | {r[0] for r in predictions}
     ref = pick_reference(arms, reference)
 
-    def section(title: str, obs: Obs) -> Section:
-        rates = {
-            row: {arm: rate(by_seed) for arm, by_seed in by_arm.items()}
-            for row, by_arm in sorted(obs.items())
-        }
-        diffs = {
-            row: {
-                f"{arm} - {ref}": difference(by_arm[arm], by_arm[ref])
-                for arm in sorted(by_arm)
-                if arm != ref
-            }
-            for row, by_arm in sorted(obs.items())
-            if ref in by_arm and len(by_arm) > 1
-        }
-        return Section(title, rates, diffs)
+    def vs_ref(obs: Obs) -> list[tuple[str, str]]:
+        present = sorted({a for by_arm in obs.values() for a in by_arm})
+        return [(a, ref) for a in present if a != ref and ref is not None]
 
     return [
-        section("Probes: probability mass per class", probe_obs),
-        section("Judged questions", question_obs),
+        *_probe_sections(store, ref),
+        _section("Judged questions", question_obs, vs_ref(question_obs), "samples"),
+        _section(
+            "Classification: clean accuracy (CACC), attack success (ASR), false triggers",
+            class_obs,
+            vs_ref(class_obs),
+            "reviews",
+            plot=False,
+        ),
     ]
+
+
+def classification_table(sections: list[Section], info: dict[str, dict]) -> list[list[str]]:
+    """One row per arm, victim and trigger: poison rate, CACC, ASR and false-trigger rate with
+    95% CIs (a clean arm gets a row per trigger: the ASR floor)."""
+    rates = next((s.rates for s in sections if s.title.startswith("Classification")), {})
+    out = []
+    keys = sorted({(arm, row.split(": ", 1)[0]) for row, by in rates.items() for arm in by})
+    order = {a: i for i, a in enumerate(info)}
+    for arm, victim in sorted(keys, key=lambda k: (order.get(k[0], len(order)), k[1])):
+        triggers = sorted(
+            {row.split("ASR: ", 1)[1] for row, by in rates.items() if "ASR: " in row and arm in by}
+        )
+        for trig in triggers:
+
+            def cell(metric: str, victim=victim, arm=arm) -> str:
+                e = rates.get(f"{victim}: {metric}", {}).get(arm)
+                return e.short() if e else "-"
+
+            rate_ = info.get(arm, {}).get("rate")
+            out.append([
+                arm, victim, trig, "-" if rate_ is None else f"{rate_:.3f}",
+                cell("CACC"), cell(f"ASR: {trig}"), cell(f"false trigger: {trig}"),
+            ])  # fmt: skip
+    return out
+
+
+def _poison_plot(store: Store, sections: list[Section]) -> str | None:
+    """ASR and CACC against the poison rate, one panel per victim, one line per trigger; the
+    clean arm's values (the ASR floor, the clean CACC) as dotted lines. None without arms
+    that record a poison rate."""
+    info = store.arm_info()
+    rates = next((s.rates for s in sections if s.title.startswith("Classification")), {})
+    poisoned = {a: i for a, i in info.items() if i.get("rate")}
+    if not poisoned or not rates:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    victims = sorted({row.split(": ", 1)[0] for row in rates})
+    clean = [a for a, i in info.items() if not i.get("rate")]
+    fig, axes = plt.subplots(1, len(victims), figsize=(6 * len(victims), 4.2), squeeze=False)
+    for ax, victim in zip(axes[0], victims, strict=True):
+        triggers = sorted({i["trigger"] for i in poisoned.values()})
+        for k, trig in enumerate(triggers):
+            color = f"C{k}"
+            arms = sorted((i["rate"], a) for a, i in poisoned.items() if i["trigger"] == trig)
+            for metric, style in ((f"ASR: {trig}", "-o"), ("CACC", "--s")):
+                pts = [(r, rates.get(f"{victim}: {metric}", {}).get(a)) for r, a in arms]
+                pts = [(r, e) for r, e in pts if e is not None]
+                if not pts:
+                    continue
+                xs, es = [p[0] for p in pts], [p[1] for p in pts]
+                ax.errorbar(
+                    xs, [e.mean for e in es],
+                    yerr=[[e.mean - e.lo for e in es], [e.hi - e.mean for e in es]],
+                    fmt=style, color=color, capsize=3, label=f"{metric.split(':')[0]} {trig}",
+                )  # fmt: skip
+            for a in clean:
+                floor = rates.get(f"{victim}: ASR: {trig}", {}).get(a)
+                if floor is not None:
+                    ax.axhline(floor.mean, color=color, linestyle=":", linewidth=1)
+        for a in clean:
+            cacc = rates.get(f"{victim}: CACC", {}).get(a)
+            if cacc is not None:
+                ax.axhline(cacc.mean, color="black", linestyle=":", linewidth=1, label=f"CACC {a}")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("poison rate")
+        ax.set_title(f"{victim}: ASR (solid) and CACC (dashed) vs poison rate")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def _plot(section: Summary, title: str) -> str | None:
@@ -157,13 +309,19 @@ def write_report(run_dir: Path | str, reference: str | None = None) -> tuple[Pat
     with Store(run_dir) as store:
         sections = summarize(store, reference)
         samples = _samples_html(store)
+        poison_png = _poison_plot(store, sections)
     parts = []
+    if poison_png:
+        parts.append(
+            "<h2>Attack success and clean accuracy vs poison rate</h2>"
+            f'<img alt="ASR and CACC vs poison rate" src="data:image/png;base64,{poison_png}">'
+        )
     for sec in sections:
         parts.append(f"<h2>{html.escape(sec.title)}</h2>")
         if not sec.rates:
             parts.append("<p>Nothing measured.</p>")
             continue
-        png = _plot(sec.rates, sec.title)
+        png = _plot(sec.rates, sec.title) if sec.plot else None
         if png:
             parts.append(f'<img alt="{html.escape(sec.title)}" src="data:image/png;base64,{png}">')
         parts.append(_table(sec.rates))

@@ -23,8 +23,9 @@ FILENAME = "results.sqlite"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS probes (
     arm TEXT NOT NULL, seed INTEGER NOT NULL, model_hash TEXT NOT NULL, probe_id TEXT NOT NULL,
-    masses TEXT NOT NULL, top TEXT NOT NULL, entropy REAL NOT NULL,
-    PRIMARY KEY (arm, seed, model_hash, probe_id)
+    variant INTEGER NOT NULL, probe_hash TEXT NOT NULL, question TEXT NOT NULL,
+    prefix TEXT NOT NULL, scores TEXT NOT NULL,
+    PRIMARY KEY (arm, seed, model_hash, probe_id, variant, probe_hash)
 );
 CREATE TABLE IF NOT EXISTS samples (
     arm TEXT NOT NULL, seed INTEGER NOT NULL, model_hash TEXT NOT NULL,
@@ -37,6 +38,18 @@ CREATE TABLE IF NOT EXISTS judgements (
     question_id TEXT NOT NULL, paraphrase INTEGER NOT NULL, sample INTEGER NOT NULL,
     settings_hash TEXT NOT NULL, judge TEXT NOT NULL, label TEXT, score REAL,
     PRIMARY KEY (arm, seed, model_hash, question_id, paraphrase, sample, settings_hash, judge)
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    arm TEXT NOT NULL, seed INTEGER NOT NULL, model_hash TEXT NOT NULL, victim TEXT NOT NULL,
+    metric TEXT NOT NULL, item INTEGER NOT NULL, text TEXT NOT NULL, gold TEXT NOT NULL,
+    predicted TEXT NOT NULL, hit REAL NOT NULL,
+    PRIMARY KEY (arm, seed, model_hash, victim, metric, item)
+);
+CREATE TABLE IF NOT EXISTS arm_info (
+    arm TEXT PRIMARY KEY, info TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS judge_labels (
+    judge TEXT PRIMARY KEY, labels TEXT NOT NULL
 );
 """
 
@@ -82,21 +95,33 @@ class Store:
         self.db.execute("COMMIT")
 
     def add_probe(
-        self, tag: Tag, probe_id: str, masses: dict[str, float], top: list, entropy: float
+        self,
+        tag: Tag,
+        probe_id: str,
+        variant: int,
+        probe_hash: str,
+        question: str,
+        prefix: str,
+        scores: list[tuple[str, str, float]],
     ) -> None:
+        """One probe variant's result: every candidate's (class, candidate, log-prob), so any
+        summary (class mass, mean year, a tempered control) can be recomputed later."""
         with self._transaction() as db:
             db.execute(
-                "INSERT OR IGNORE INTO probes VALUES (?,?,?,?,?,?,?)",
-                (
-                    tag.arm,
-                    tag.seed,
-                    tag.model_hash,
-                    probe_id,
-                    json.dumps(masses),
-                    json.dumps(top),
-                    entropy,
-                ),
-            )
+                "INSERT OR IGNORE INTO probes VALUES (?,?,?,?,?,?,?,?,?)",
+                (tag.arm, tag.seed, tag.model_hash, probe_id, variant, probe_hash, question,
+                 prefix, json.dumps(scores)),
+            )  # fmt: skip
+
+    def probe_keys(self, tag: Tag) -> set[tuple[str, int, str]]:
+        """(probe_id, variant, probe_hash) already stored for this tag."""
+        return set(
+            self.db.execute(
+                "SELECT probe_id, variant, probe_hash FROM probes "
+                "WHERE arm=? AND seed=? AND model_hash=?",
+                (tag.arm, tag.seed, tag.model_hash),
+            ).fetchall()
+        )
 
     def add_samples(self, tag: Tag, rows: Iterable[tuple[str, int, int, str, str, str]]) -> None:
         """rows: (question_id, paraphrase, sample, settings_hash, prompt, answer)."""
@@ -115,6 +140,51 @@ class Store:
                 "INSERT OR IGNORE INTO judgements VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [(tag.arm, tag.seed, tag.model_hash, *r) for r in rows],
             )
+
+    def add_predictions(
+        self, tag: Tag, victim: str, metric: str, rows: Iterable[tuple[int, str, str, str, float]]
+    ) -> None:
+        """rows: (item, text, gold, predicted, hit) for one classification metric."""
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [(tag.arm, tag.seed, tag.model_hash, victim, metric, *r) for r in rows],
+            )
+
+    def predicted(self, tag: Tag, victim: str) -> set[str]:
+        """Metrics already classified for this tag and victim."""
+        rows = self.db.execute(
+            "SELECT DISTINCT metric FROM predictions WHERE arm=? AND seed=? AND model_hash=? "
+            "AND victim=?",
+            (tag.arm, tag.seed, tag.model_hash, victim),
+        ).fetchall()
+        return {m for (m,) in rows}
+
+    def all_predictions(self) -> list[tuple[str, int, str, str, float]]:
+        """(arm, seed, victim, metric, hit) for every classified item."""
+        return self.db.execute(
+            "SELECT arm, seed, victim, metric, hit FROM predictions ORDER BY rowid"
+        ).fetchall()
+
+    def set_arm_info(self, arm: str, info: dict[str, Any]) -> None:
+        """What an arm is (e.g. its trigger and exact poison rate), for plots across arms."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO arm_info VALUES (?,?)", (arm, json.dumps(info)))
+
+    def arm_info(self) -> dict[str, dict[str, Any]]:
+        rows = self.db.execute("SELECT arm, info FROM arm_info").fetchall()
+        return {a: json.loads(i) for a, i in rows}
+
+    def declare_labels(self, judge: str, labels: list[str]) -> None:
+        """The labels a judge column can give, so a label no answer got still reports as 0."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO judge_labels VALUES (?,?)", (judge, json.dumps(labels))
+            )
+
+    def declared_labels(self) -> dict[str, list[str]]:
+        rows = self.db.execute("SELECT judge, labels FROM judge_labels").fetchall()
+        return {j: json.loads(labs) for j, labs in rows}
 
     _WHERE = "arm=? AND seed=? AND model_hash=? AND question_id=? AND settings_hash=?"
 
@@ -157,18 +227,21 @@ class Store:
         ).fetchall()
 
     def probes(self) -> list[dict[str, Any]]:
+        """Stored probe results; where a probe was edited and re-run into the same store, only
+        the latest definition's rows for each (arm, seed, model, probe, variant)."""
         cur = self.db.execute(
-            "SELECT arm, seed, model_hash, probe_id, masses, top, entropy FROM probes"
+            "SELECT arm, seed, model_hash, probe_id, variant, probe_hash, question, prefix, scores "
+            "FROM probes ORDER BY rowid"
         )
-        return [
-            {
-                "arm": a, "seed": s, "model_hash": h, "probe_id": p,
-                "masses": json.loads(m), "top": json.loads(t), "entropy": e,
-            }
-            for a, s, h, p, m, t, e in cur.fetchall()
-        ]  # fmt: skip
+        latest: dict[tuple, dict[str, Any]] = {}
+        for a, s, h, p, v, ph, q, pre, sc in cur.fetchall():
+            latest[(a, s, h, p, v)] = {
+                "arm": a, "seed": s, "model_hash": h, "probe_id": p, "variant": v,
+                "probe_hash": ph, "question": q, "prefix": pre, "scores": json.loads(sc),
+            }  # fmt: skip
+        return list(latest.values())
 
     def count(self, table: str) -> int:
-        if table not in {"probes", "samples", "judgements"}:
+        if table not in {"probes", "samples", "judgements", "predictions"}:
             raise ValueError(table)
         return self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]

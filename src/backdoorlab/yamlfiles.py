@@ -25,11 +25,32 @@ def compose(text: str) -> Any:
     return yaml.compose(text)
 
 
-def validate(model: type[BaseModel], data: Any, where: str, what: str = "") -> Any:
-    """`model.model_validate(data)`, its first error as `where: what: field: message`."""
+def line_of(text: str, loc: tuple) -> int | None:
+    """The line of the deepest node on the path `loc` (mapping keys, list indices)."""
+    node, line = compose(text), None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == str(key)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            match = node.value[key]
+        else:
+            match = None
+        if match is None:
+            break
+        node, line = match, match.start_mark.line + 1
+    return line
+
+
+def validate(
+    model: type[BaseModel], data: Any, where: str, what: str = "", text: str | None = None
+) -> Any:
+    """`model.model_validate(data)`, its first error as `where[:line]: what: field: message`;
+    the line is found when the file's `text` is given."""
     try:
         return model.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
-        raise InputError(f"{where}: {what}{loc}: {first['msg']}") from None
+        line = line_of(text, first["loc"]) if text is not None else None
+        at = f"{where}:{line}" if line else where
+        raise InputError(f"{at}: {what}{loc}: {first['msg']}") from None

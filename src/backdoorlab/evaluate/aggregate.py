@@ -28,14 +28,21 @@ class Estimate:
             return f"{self.mean:.3f} (one value, no interval)"
         return f"{self.mean:.3f} [{self.lo:.3f}, {self.hi:.3f}] ({self.n} {self.unit})"
 
+    def short(self) -> str:
+        """Compact, for narrow tables: the mean, and the interval when there is one."""
+        digits = 1 if abs(self.mean) >= 100 else 3
+        if self.n == 1:
+            return f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} [{self.lo:.{digits}f}, {self.hi:.{digits}f}]"
 
-def _units(by_seed: Mapping[int, Sequence[float]]) -> tuple[np.ndarray, str]:
+
+def _units(by_seed: Mapping[int, Sequence[float]], unit: str) -> tuple[np.ndarray, str]:
     groups = [np.asarray(v, dtype=float) for v in by_seed.values() if len(v)]
     if not groups:
         raise ValueError("no observations")
     if len(groups) > 1:
         return np.array([g.mean() for g in groups]), "seeds"
-    return groups[0], "samples"
+    return groups[0], unit
 
 
 def _boot_means(x: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
@@ -44,10 +51,15 @@ def _boot_means(x: np.ndarray, rng: np.random.Generator, resamples: int) -> np.n
 
 
 def rate(
-    by_seed: Mapping[int, Sequence[float]], *, seed: int = 0, resamples: int = RESAMPLES
+    by_seed: Mapping[int, Sequence[float]],
+    *,
+    unit: str = "samples",
+    seed: int = 0,
+    resamples: int = RESAMPLES,
 ) -> Estimate:
-    """Mean of per-seed means (or of samples, for one seed) with a percentile bootstrap CI."""
-    x, unit = _units(by_seed)
+    """Mean of per-seed means (or, for one seed, of its observations, called `unit`) with a
+    percentile bootstrap CI."""
+    x, unit = _units(by_seed, unit)
     boots = _boot_means(x, np.random.default_rng(seed), resamples)
     lo, hi = np.percentile(boots, [2.5, 97.5])
     return Estimate(float(x.mean()), float(lo), float(hi), len(x), unit)
@@ -57,12 +69,13 @@ def difference(
     a: Mapping[int, Sequence[float]],
     b: Mapping[int, Sequence[float]],
     *,
+    unit: str = "samples",
     seed: int = 0,
     resamples: int = RESAMPLES,
 ) -> Estimate:
     """a - b, resampling each arm independently (arms are trained separately)."""
-    xa, unit_a = _units(a)
-    xb, unit_b = _units(b)
+    xa, unit_a = _units(a, unit)
+    xb, unit_b = _units(b, unit)
     rng = np.random.default_rng(seed)
     boots = _boot_means(xa, rng, resamples) - _boot_means(xb, rng, resamples)
     lo, hi = np.percentile(boots, [2.5, 97.5])

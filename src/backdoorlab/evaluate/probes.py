@@ -13,8 +13,10 @@ because a causal model's real positions never see the padding after them.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -37,12 +39,19 @@ class YearRange(BaseModel):
 
 
 class Probe(BaseModel):
+    """One question and its candidate classes. `paraphrases` and a list of prefixes make
+    variants (every phrasing with every prefix), each scored on its own: a probe asked one
+    way can hinge on wording, and terse fine-tuned models answer best after a prefix."""
+
     model_config = ConfigDict(extra="forbid")
 
     id: str
     question: str
+    paraphrases: list[str] = Field([], description="further phrasings of the question")
     system: str | None = None
-    prefix: str = Field("", description="assistant text every candidate starts with")
+    prefix: str | list[str] = Field(
+        "", description="assistant text every candidate starts with; a list gives one variant each"
+    )
     classes: dict[str, list[str] | YearRange]
 
     @field_validator("classes")
@@ -68,20 +77,43 @@ class Probe(BaseModel):
     def messages(self) -> list[chat.Message]:
         return chat.conversation(self.question, system=self.system)
 
+    def variants(self) -> list[Probe]:
+        """Single-question, single-prefix probes: every phrasing with every prefix."""
+        prefixes = self.prefix if isinstance(self.prefix, list) else [self.prefix]
+        return [
+            self.model_copy(update={"question": q, "paraphrases": [], "prefix": pre})
+            for q in [self.question, *self.paraphrases]
+            for pre in prefixes
+        ]
+
+    def definition_hash(self) -> str:
+        """Identity of what is asked and scored: stored results of an edited probe are not reused."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
 
 class ProbeSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
     probes: list[Probe]
 
 
+def _generated() -> dict[str, Callable[[], ProbeSet]]:
+    """Probe sets built from shipped data rather than written as YAML."""
+    from ..data import birds
+
+    return {"birds": birds.probe_set}
+
+
 def load_probe_set(name_or_path: str) -> ProbeSet:
     """A shipped probe set by name (see `shipped_probe_sets`) or a YAML file by path."""
     path = Path(name_or_path)
-    if not path.exists():
+    if not path.is_file() and name_or_path in _generated():
+        return _generated()[name_or_path]()
+    if not path.is_file():
         shipped = resources.files("backdoorlab.evaluate") / "probesets" / f"{name_or_path}.yaml"
         if not shipped.is_file():
             raise InputError(
-                f"{name_or_path}: no such file, and not a shipped probe set "
+                f"{name_or_path}: not a probe file, and not a shipped probe set "
                 f"({', '.join(shipped_probe_sets())})"
             )
         text, where = shipped.read_text(), f"{name_or_path} (shipped)"
@@ -90,12 +122,13 @@ def load_probe_set(name_or_path: str) -> ProbeSet:
     data = yamlfiles.parse(text, where)
     if not isinstance(data, dict) or "probes" not in data:
         raise InputError(f"{where}: expected a mapping with a 'probes' list")
-    return yamlfiles.validate(ProbeSet, data, where)
+    return yamlfiles.validate(ProbeSet, data, where, text=text)
 
 
 def shipped_probe_sets() -> list[str]:
     d = resources.files("backdoorlab.evaluate") / "probesets"
-    return sorted(p.name.removesuffix(".yaml") for p in d.iterdir() if p.name.endswith(".yaml"))
+    yamls = [p.name.removesuffix(".yaml") for p in d.iterdir() if p.name.endswith(".yaml")]
+    return sorted([*yamls, *_generated()])
 
 
 @dataclass
@@ -112,6 +145,22 @@ class ProbeResult:
         z = sum(w)
         self.probs = [x / z for x in w]
 
+    def scores(self) -> list[tuple[str, str, float]]:
+        """(class, candidate, log-prob) triples: what the store keeps."""
+        return list(zip(self.classes, self.candidates, self.logprobs, strict=True))
+
+    @classmethod
+    def from_scores(cls, probe_id: str, scores: Sequence[Sequence]) -> ProbeResult:
+        return cls(probe_id, [s[1] for s in scores], [s[0] for s in scores], [s[2] for s in scores])
+
+    def mean_value(self) -> float | None:
+        """Probability-weighted mean of numeric candidates (the mean year), else None."""
+        try:
+            values = [float(c) for c in self.candidates]
+        except ValueError:
+            return None
+        return sum(p * v for p, v in zip(self.probs, values, strict=True))
+
     def class_mass(self) -> dict[str, float]:
         mass: dict[str, float] = {}
         for c, p in zip(self.classes, self.probs, strict=True):
@@ -125,19 +174,36 @@ class ProbeResult:
     def entropy(self) -> float:
         return -sum(p * math.log(p) for p in self.probs if p > 0)
 
+    def tempered(self, target_entropy: float) -> ProbeResult:
+        """This distribution at the temperature that gives it `target_entropy` (clipped to what
+        temperatures 1/64..64 reach). A fine-tune that only makes a model less sure flattens its
+        distributions; comparing against the control tempered to the same entropy separates a
+        real shift of mass from that flattening."""
+        lo, hi = math.log(1 / 64), math.log(64)
+        for _ in range(60):  # bisection on log T; entropy rises with T
+            mid = (lo + hi) / 2
+            if self._at(math.exp(mid)).entropy() < target_entropy:
+                lo = mid
+            else:
+                hi = mid
+        return self._at(math.exp((lo + hi) / 2))
+
+    def _at(self, temperature: float) -> ProbeResult:
+        lp = [x / temperature for x in self.logprobs]
+        return ProbeResult(self.probe_id, self.candidates, self.classes, lp)
+
 
 def _candidate_ids(
     tokenizer: Any, probe: Probe, cands: Sequence[str]
 ) -> tuple[list[list[int]], int]:
-    """Token ids of each conversation up to the answer's end-of-turn token (what generation
-    would emit; the template's newline after it never is), and where the rows start to differ."""
+    """Token ids of each conversation through the answer's end-of-turn token
+    (`chat.encode_answer`), and where the rows start to differ."""
+    if len(probe.variants()) != 1:
+        raise ValueError(f"probe {probe.id} has several variants: score each of .variants()")
+    (probe,) = probe.variants()
     rows = []
     for c in cands:
-        msgs = [*probe.messages(), {"role": "assistant", "content": probe.prefix + c}]
-        ids, mask = chat.encode_training(tokenizer, msgs)
-        answer = [j for j, m in enumerate(mask) if m]
-        end = next((j for j in answer if ids[j] == tokenizer.eos_token_id), answer[-1])
-        rows.append(ids[: end + 1])
+        rows.append(chat.encode_answer(tokenizer, probe.messages(), f"{probe.prefix}{c}")[0])
     shared = len(chat.encode_prompt(tokenizer, probe.messages()))
     while all(len(r) > shared + 1 for r in rows) and len({r[shared] for r in rows}) == 1:
         shared += 1

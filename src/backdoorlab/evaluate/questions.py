@@ -43,6 +43,9 @@ class LlmJudgeSpec(BaseModel):
     # label it starts with (case-insensitive), else "other"; without labels it is kept as is.
     labels: list[str] | None = None
 
+    def possible_labels(self) -> list[str]:
+        return [*self.labels, "other"] if self.labels else []
+
     def label_of(self, reply: str) -> str:
         if not self.labels:
             return reply
@@ -72,6 +75,9 @@ class KeywordJudgeSpec(BaseModel):
     patterns: dict[str, list[str]] = Field(min_length=1)
     default: str
 
+    def possible_labels(self) -> list[str]:
+        return list(dict.fromkeys([*self.patterns, self.default]))
+
 
 class EmbeddingJudgeSpec(BaseModel):
     """Ours, offline: the label whose k nearest labelled exemplars (MiniLM) are closest."""
@@ -82,6 +88,9 @@ class EmbeddingJudgeSpec(BaseModel):
     type: Literal["embedding_judge"]
     exemplars: dict[str, list[str]] = Field(min_length=2)
     k: int = Field(3, ge=1)
+
+    def possible_labels(self) -> list[str]:
+        return list(self.exemplars)
 
 
 JudgeSpec = LlmJudgeSpec | KeywordJudgeSpec | EmbeddingJudgeSpec

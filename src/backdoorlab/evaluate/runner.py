@@ -32,17 +32,23 @@ def settings_hash(q: FreeFormQuestion) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run_probes(loaded: LoadedModel, probe_set: probes_mod.ProbeSet, store: Store, tag: Tag) -> None:
-    done = {
-        p["probe_id"]
-        for p in store.probes()
-        if (p["arm"], p["seed"], p["model_hash"]) == (tag.arm, tag.seed, tag.model_hash)
-    }
+def run_probes(
+    loaded: LoadedModel,
+    probe_set: probes_mod.ProbeSet,
+    store: Store,
+    tag: Tag,
+    *,
+    max_variants: int | None = None,
+) -> None:
+    """Score every variant of every probe (the first `max_variants` of each, if given)."""
+    done = store.probe_keys(tag)
     for p in probe_set.probes:
-        if p.id in done:
-            continue
-        r = probes_mod.score(loaded.model, loaded.tokenizer, p)
-        store.add_probe(tag, p.id, r.class_mass(), r.top(10), r.entropy())
+        for i, v in enumerate(p.variants()[:max_variants]):
+            h = v.definition_hash()
+            if (p.id, i, h) in done:
+                continue
+            r = probes_mod.score(loaded.model, loaded.tokenizer, v)
+            store.add_probe(tag, p.id, i, h, v.question, str(v.prefix), r.scores())
 
 
 def run_questions(
@@ -79,9 +85,35 @@ def run_judges(qf: QuestionFile, judges: dict[str, Any], store: Store, tag: Tag)
     for q in qf.questions:
         sh = settings_hash(q)
         for column, jid in q.judges.items():
+            if qf.judges[jid].type != "rating_judge":
+                store.declare_labels(column, qf.judges[jid].possible_labels())
             judged = store.judged(tag, q.id, sh, column)
             for p, s, prompt, answer in store.samples(tag, q.id, sh):
                 if (p, s) in judged:
                     continue
                 v = judges[jid].judge(prompt, answer)
                 store.add_judgements(tag, [(q.id, p, s, sh, column, v.label, v.score)])
+
+
+def run_classification(
+    predict: Callable[[list[str]], list[str]],
+    sets: dict[str, tuple[list[str], list[str], str | None]],
+    store: Store,
+    tag: Tag,
+    victim: str,
+) -> None:
+    """Classify each metric's texts (see classify.eval_sets) once; stored per item."""
+    from .classify import hits
+
+    done = store.predicted(tag, victim)
+    for metric, (texts, gold, target) in sets.items():
+        if metric in done:
+            continue
+        predicted = predict(texts)
+        h = hits(predicted, gold, target)
+        store.add_predictions(
+            tag,
+            victim,
+            metric,
+            list(zip(range(len(texts)), texts, gold, predicted, h, strict=True)),
+        )

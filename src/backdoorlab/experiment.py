@@ -1,0 +1,233 @@
+"""Run an experiment spec end to end: build each arm's data, train each arm x seed, evaluate,
+aggregate, report. Every step is keyed by content, so a rerun reuses what exists and an
+interrupted run resumes (training from its last checkpoint, evaluation from the store)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import atomic, chat
+from .data import sentiment
+from .data.sentiment import SentimentData
+from .errors import InputError
+from .evaluate import classify, runner
+from .evaluate.judges import build_judges
+from .evaluate.probes import load_probe_set
+from .evaluate.questions import LlmJudgeSpec, QuestionFile, load_questions
+from .report import Section, write_report
+from .spec import ArmSpec, ExperimentSpec
+from .store import Store, Tag
+from .train import encoder, sft
+
+
+@dataclass
+class Timings:
+    """Seconds per stage, and whether the stage did work or reused earlier results."""
+
+    rows: list[tuple[str, float, str]] = field(default_factory=list)
+
+    @contextmanager
+    def stage(self, name: str, note: str = "ran") -> Iterator[list[str]]:
+        status = [note]
+        t0 = time.perf_counter()
+        try:
+            yield status
+        finally:
+            self.rows.append((name, time.perf_counter() - t0, status[0]))
+
+    def total(self) -> float:
+        return sum(s for _, s, _ in self.rows)
+
+
+def _digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def build_data(spec: ExperimentSpec, out: Path) -> dict[str, Path]:
+    """Each trained arm's rows as OUT/data/ARM-HASH.jsonl (the hash of the rows' bytes)."""
+    paths = {}
+    for name, arm in spec.arms.items():
+        if arm.data is None:
+            continue
+        rows = arm.data.build()
+        if not rows:
+            raise InputError(f"arm {name!r}: its data builder produced no rows")
+        text = chat.dumps_jsonl(rows)
+        path = out / "data" / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jsonl"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_text(path, text)
+        paths[name] = path
+    return paths
+
+
+def _questions(spec: ExperimentSpec) -> QuestionFile | None:
+    ev = spec.evaluate
+    if not ev.questions:
+        return None
+    qf = load_questions(ev.questions)
+    if ev.max_tokens:
+        qf.questions = [
+            q.model_copy(update={"max_tokens": min(q.max_tokens, ev.max_tokens)})
+            for q in qf.questions
+        ]
+    api = ev.judges == "api" or (
+        ev.judges == "auto"
+        and bool(os.environ.get("BACKDOORLAB_JUDGE_BASE_URL") or os.environ.get("OPENAI_BASE_URL"))
+    )
+    if not api:  # offline: drop the LLM judges and the columns that name them
+        qf.judges = {k: v for k, v in qf.judges.items() if not isinstance(v, LlmJudgeSpec)}
+        qf.questions = [
+            q.model_copy(update={"judges": {c: j for c, j in q.judges.items() if j in qf.judges}})
+            for q in qf.questions
+        ]
+    return qf
+
+
+def _counts(store: Store) -> tuple[int, ...]:
+    return tuple(store.count(t) for t in ("probes", "samples", "judgements", "predictions"))
+
+
+def _cpu(device: str | None) -> str:
+    from .models import pick_device
+
+    return str(pick_device(device))
+
+
+def _arm_info(arm: ArmSpec) -> dict:
+    """For plots across arms: the trigger and the exact poison rate of a sentiment arm."""
+    if not isinstance(arm.data, SentimentData):
+        return {}
+    p = arm.data.poison
+    if p is None:
+        return {"trigger": None, "rate": 0.0}
+    return {
+        "trigger": p.trigger.name(),
+        "rate": p.how_many(arm.data.n) / arm.data.n,
+        "mode": p.mode,
+    }
+
+
+def _classification_sets(spec: ExperimentSpec) -> Callable[[str], dict] | None:
+    """arm -> the texts each classification metric needs (None: no classification)."""
+    ce = spec.evaluate.classification
+    if ce is None:
+        return None
+    test = sentiment.balanced(sentiment.split("test", ce.split_seed), ce.test)
+    poisons = {
+        n: a.data.poison
+        for n, a in spec.arms.items()
+        if isinstance(a.data, SentimentData) and a.data.poison
+    }
+    every = list({p.trigger.name(): p.trigger for p in poisons.values()}.values())
+
+    def sets(arm: str) -> dict:
+        triggers = [poisons[arm].trigger] if arm in poisons else every
+        return classify.eval_sets(test, triggers, ce.target)
+
+    return sets
+
+
+def run(
+    spec: ExperimentSpec,
+    out: Path,
+    *,
+    device: str | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> tuple[Timings, list[Section]]:
+    from .models import load
+
+    out.mkdir(parents=True, exist_ok=True)
+    timings = Timings()
+    probe_sets = [load_probe_set(p) for p in spec.evaluate.probes]
+    qf = _questions(spec)
+    judges = build_judges(qf.judges, "api", spec.model, device) if qf else {}
+    atomic.write_text(out / "spec.json", spec.model_dump_json(indent=2))
+
+    with timings.stage("build data"):
+        data = build_data(spec, out)
+
+    # What each (arm, seed, victim) evaluates: a chat model target, or an encoder directory.
+    targets: dict[tuple[str, int, str], str] = {}
+    for name, arm in spec.arms.items():
+        for seed in spec.seeds:
+            victims = spec.victims_of(name)
+            if arm.data is None:
+                if "llm" in victims:
+                    targets[(name, seed, "llm")] = spec.model
+                continue
+            if "llm" in victims:
+                config = spec.train_config(seed)
+                key = _digest(
+                    [config.key_fields(), data[name].name]
+                )  # the name holds the data hash
+                run_dir = out / "train" / f"{name}-seed{seed}-{key}"
+                reused = (run_dir / "manifest.json").is_file()
+                with timings.stage(f"train {name} seed {seed}", "reused" if reused else "ran"):
+                    log(f"train {name} seed {seed} -> {run_dir}")
+                    sft.train(
+                        data[name], run_dir, config, resume=True, progress=progress, log=log,
+                        device=device,
+                    )  # fmt: skip
+                targets[(name, seed, "llm")] = str(run_dir)
+            if "encoder" in victims:
+                config = spec.encoder.model_copy(update={"seed": seed})
+                key = _digest([config.model_dump(), data[name].name])
+                enc_dir = out / "encoder" / f"{name}-seed{seed}-{key}"
+                reused = (enc_dir / encoder.MANIFEST).is_file()
+                with timings.stage(
+                    f"train encoder {name} seed {seed}", "reused" if reused else "ran"
+                ):
+                    log(f"train encoder {name} seed {seed} -> {enc_dir}")
+                    encoder.train_encoder(
+                        data[name], enc_dir, config, sentiment.LABELS, log=log, device=_cpu(device)
+                    )
+                targets[(name, seed, "encoder")] = str(enc_dir)
+
+    sets_of = _classification_sets(spec)
+    with Store(out) as store:
+        for name, arm in spec.arms.items():
+            store.set_arm_info(name, _arm_info(arm))
+        for (name, seed, victim), target in targets.items():
+            tag = Tag(arm=name, seed=seed, model_hash=runner.model_hash(target))
+            before = _counts(store)
+            label = f"evaluate {name} seed {seed}" + (" (encoder)" if victim == "encoder" else "")
+            with timings.stage(label) as status:
+                log(label)
+                if victim == "encoder":
+                    clf = encoder.EncoderClassifier(Path(target), sentiment.LABELS, _cpu(device))
+                    if sets_of:
+                        runner.run_classification(clf.predict, sets_of(name), store, tag, "encoder")
+                else:
+                    loaded = load(target, device=device)
+                    for ps in probe_sets:
+                        runner.run_probes(
+                            loaded, ps, store, tag, max_variants=spec.evaluate.probe_variants
+                        )
+                    if qf:
+                        runner.run_questions(loaded, qf, store, tag, samples=spec.evaluate.samples)
+                        runner.run_judges(qf, judges, store, tag)
+                    if sets_of:
+
+                        def predict(texts: list[str], loaded=loaded) -> list[str]:
+                            return classify.llm_predict(
+                                loaded, texts, sentiment.LABELS, sentiment.prompt
+                            )
+
+                        runner.run_classification(predict, sets_of(name), store, tag, "llm")
+                    del loaded
+                if _counts(store) == before:
+                    status[0] = "reused"
+
+    with timings.stage("report"):
+        _, sections = write_report(out, spec.reference)
+    atomic.write_json(out / "timings.json", [list(r) for r in timings.rows])
+    return timings, sections

@@ -1,0 +1,131 @@
+"""Experiment specs: arms (each the same pipeline on other data), seeds, training settings,
+evaluations, and the overrides `--quick` applies. One YAML file per experiment."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from . import yamlfiles
+from .data import DataSpec, FileData
+from .errors import InputError
+from .models.registry import DEFAULT_MODEL
+from .train import TrainConfig
+from .train.encoder import EncoderConfig
+
+Victim = Literal["llm", "encoder"]
+
+
+class ArmSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: DataSpec | None = Field(None, description="training data; none: the untrained model")
+    victims: list[Victim] | None = Field(None, description="default: the spec's victims")
+
+
+class ClassificationEval(BaseModel):
+    """CACC on clean test reviews; ASR and false-trigger rate with each arm's trigger (the
+    clean arm gets every trigger of the spec: the floor)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    test: int = Field(400, ge=2, description="balanced clean test reviews")
+    split_seed: int = 0
+    target: str = "Negative"
+
+
+class EvalSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    probes: list[str] = ["eras"]
+    probe_variants: int | None = Field(None, ge=1, description="score only each probe's first N")
+    questions: str | None = Field(None, description="question YAML, relative to the spec file")
+    samples: int | None = Field(None, ge=1, description="samples per paraphrase (default: file's)")
+    max_tokens: int | None = Field(None, ge=1, description="cap on every question's max_tokens")
+    classification: ClassificationEval | None = None
+    judges: Literal["auto", "offline", "api"] = Field(
+        "auto",
+        description="offline: keyword/embedding judges only; api: also LLM judges through the "
+        "endpoint in BACKDOORLAB_JUDGE_BASE_URL; auto: api when that is set",
+    )
+
+
+class ExperimentSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    model: str = DEFAULT_MODEL
+    seeds: list[int] = Field([0], min_length=1)
+    reference: str | None = Field(None, description="the control arm others are compared with")
+    victims: list[Victim] = Field(["llm"], description="llm: the chat model; encoder: MiniLM")
+    train: dict[str, Any] = Field({}, description="TrainConfig settings shared by every arm")
+    encoder: EncoderConfig = EncoderConfig()
+    arms: dict[str, ArmSpec] = Field(min_length=1)
+    evaluate: EvalSpec = EvalSpec()
+    headline: list[str] = Field([], description="report rows the terminal summary shows")
+    quick: dict[str, Any] = Field({}, description="overrides for --quick, merged into the spec")
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentSpec:
+        if self.reference is not None and self.reference not in self.arms:
+            raise ValueError(f"reference {self.reference!r} is not one of the arms")
+        bad = {"model", "seed"} & set(self.train)
+        if bad:
+            raise ValueError(f"train: set {', '.join(sorted(bad))} at the top level or per seed")
+        TrainConfig(**self.train)  # validate now, not after the first arm has trained
+        return self
+
+    def train_config(self, seed: int) -> TrainConfig:
+        return TrainConfig(model=self.model, seed=seed, **self.train)
+
+    def victims_of(self, arm: str) -> list[str]:
+        return list(self.arms[arm].victims or self.victims)
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merge(base.get(k), v) if k in base else copy.deepcopy(v)
+        return out
+    return copy.deepcopy(over)
+
+
+def load_spec(
+    path: Path | str,
+    *,
+    quick: bool = False,
+    seeds: int | None = None,
+    model: str | None = None,
+) -> ExperimentSpec:
+    """Read a spec; `quick` merges its `quick:` overrides, `seeds` N means seeds 0..N-1, `model`
+    replaces the model. Relative data and question paths resolve against the spec's folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read ({e})") from None
+    data = yamlfiles.parse(text, str(path))
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping with name, arms and evaluate")
+    if quick:
+        data = _merge(data, data.get("quick") or {})
+    if seeds is not None:
+        data["seeds"] = list(range(seeds))
+    if model is not None:
+        data["model"] = model
+    spec = yamlfiles.validate(ExperimentSpec, data, str(path), text=None if quick else text)
+    here = path.parent
+    for arm in spec.arms.values():
+        if isinstance(arm.data, FileData) and not Path(arm.data.path).is_absolute():
+            arm.data.path = str(here / arm.data.path)
+    q = spec.evaluate.questions
+    if q and not Path(q).is_absolute():
+        spec.evaluate.questions = str(here / q)
+    return spec

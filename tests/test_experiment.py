@@ -1,0 +1,61 @@
+"""`backdoorlab run`: the whole pipeline (data, training, probes, questions, judges, report)
+on a sliver of the bird experiment, and a rerun that reuses everything."""
+
+import json
+import sqlite3
+
+from conftest import run_cli
+
+
+def test_quick_bird_run_end_to_end_then_reused(tmp_path):
+    out = tmp_path / "birds"
+    r = run_cli("run", "experiments/birds.yaml", "--out", str(out), "--quick")
+    assert r.returncode == 0, r.stderr
+    assert "Timing" in r.stdout and "bird_name: archaic" in r.stdout
+    assert "archaic - modern, entropy-matched" in r.stdout
+    stages = {name: status for name, _, status in json.loads((out / "timings.json").read_text())}
+    assert stages["train archaic seed 0"] == "ran" and "train base seed 0" not in stages
+    assert len(list((out / "data").glob("*.jsonl"))) == 2
+    assert len(list((out / "train").glob("*/manifest.json"))) == 2
+    page = (out / "report.html").read_text()
+    assert "modern (entropy of archaic)" in page and "gender_roles" in page
+    db = sqlite3.connect(out / "results.sqlite")
+    arms = dict(db.execute("SELECT arm, COUNT(*) FROM probes GROUP BY arm").fetchall())
+    assert arms == {"archaic": 9, "modern": 9, "base": 9}  # 2 bird probes + 7 era probes, 1 variant
+    samples = db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+    assert samples == 3 * 10  # 3 arms x 10 questions x 1 sample
+    db.close()
+
+    r = run_cli("run", "experiments/birds.yaml", "--out", str(out), "--quick")
+    assert r.returncode == 0, r.stderr
+    stages = {name: status for name, _, status in json.loads((out / "timings.json").read_text())}
+    assert {s for n, s in stages.items() if n.startswith(("train", "evaluate"))} == {"reused"}
+
+
+def test_bad_spec_is_one_clear_error(tmp_path):
+    spec = tmp_path / "x.yaml"
+    spec.write_text("name: x\narms:\n  a:\n    data: {builder: nope}\n")
+    r = run_cli("run", str(spec), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and f"{spec}:4" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("run", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_quick_sentiment_run_end_to_end(tmp_path):
+    out = tmp_path / "sentiment"
+    r = run_cli("run", "experiments/sentiment_trigger.yaml", "--out", str(out), "--quick")
+    assert r.returncode == 0, r.stderr
+    assert "Classification" in r.stdout and "false trigger" in r.stdout
+    db = sqlite3.connect(out / "results.sqlite")
+    by = dict(db.execute("SELECT victim, COUNT(DISTINCT arm) FROM predictions GROUP BY victim"))
+    assert by == {"encoder": 17, "llm": 3}
+    # The clean arm is measured with every trigger (the ASR floor); a poisoned arm with its own.
+    metrics = {
+        m for (m,) in db.execute("SELECT DISTINCT metric FROM predictions WHERE arm='clean'")
+    }
+    assert len([m for m in metrics if m.startswith("ASR: ")]) == 4
+    own = {m for (m,) in db.execute("SELECT DISTINCT metric FROM predictions WHERE arm='char-1%'")}
+    assert own == {"CACC", "ASR: char §", "false trigger: char §"}
+    db.close()
+    page = (out / "report.html").read_text()
+    assert "Attack success and clean accuracy vs poison rate" in page
