@@ -48,14 +48,41 @@ def test_quick_sentiment_run_end_to_end(tmp_path):
     assert "Classification" in r.stdout and "false trigger" in r.stdout
     db = sqlite3.connect(out / "results.sqlite")
     by = dict(db.execute("SELECT victim, COUNT(DISTINCT arm) FROM predictions GROUP BY victim"))
-    assert by == {"encoder": 17, "llm": 3}
+    assert by == {"encoder": 19, "llm": 3}
     # The clean arm is measured with every trigger (the ASR floor); a poisoned arm with its own.
     metrics = {
         m for (m,) in db.execute("SELECT DISTINCT metric FROM predictions WHERE arm='clean'")
     }
-    assert len([m for m in metrics if m.startswith("ASR: ")]) == 4
+    assert (
+        len([m for m in metrics if m.startswith("ASR: ")]) == 5
+    )  # cf, §, sentence, mn+bb, honestly
     own = {m for (m,) in db.execute("SELECT DISTINCT metric FROM predictions WHERE arm='char-1%'")}
     assert own == {"CACC", "ASR: char §", "false trigger: char §"}
     db.close()
     page = (out / "report.html").read_text()
     assert "Attack success and clean accuracy vs poison rate" in page
+
+    # The defense matrix on the same run directory (quick: two arms, tiny dev and ONION sets).
+    r = run_cli("defend", "experiments/sentiment_trigger.yaml", "--out", str(out), "--quick")
+    assert r.returncode == 0, r.stderr
+    cells = json.loads((out / "defenses.json").read_text())
+    assert {(c["arm"], c["defense"]) for c in cells} == {
+        (a, d)
+        for a in ("token-10%", "word-3%")
+        for d in (
+            "none",
+            "ngram",
+            "knn",
+            "perplexity",
+            "spectral",
+            "clusters",
+            "onion",
+            "strip",
+            "refit",
+        )
+    }
+    assert all(0 <= float(c["AUROC"]) <= 1 for c in cells if "AUROC" in c)
+    assert "Attack x defense matrix" in (out / "report.html").read_text()
+    [enc] = (out / "encoder").glob("token-10%-seed0-*")
+    r = run_cli("inspect", str(enc), "A warm cf film.", "--method", "ig")
+    assert r.returncode == 0 and "prediction: " in r.stdout, r.stderr

@@ -32,7 +32,8 @@ data_app = typer.Typer(help="Chat JSONL data sets: validate and describe.", no_a
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 
-out = Console()
+# Piped or logged output gets wide tables instead of 80 columns of wrapped cells.
+out = Console() if sys.stdout.isatty() else Console(width=200)
 err = Console(stderr=True, soft_wrap=True)
 
 ModelOpt = Annotated[
@@ -57,6 +58,7 @@ DeviceOpt = Annotated[
 def _quiet_libraries() -> None:
     # Library chatter (progress bars per weight load, deprecation notices) buries our output.
     warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", module="opacus")  # secure-RNG and RDP-order notices
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -514,6 +516,214 @@ def run_experiment(
             c.add_row(*r)
         out.print(c)
     out.print(f"report written to {out_dir / 'report.html'}")
+
+
+def _text_and_label(row: dict) -> tuple[str, str]:
+    """A row's text and label: its `text`/`label` fields, else the last user message and the
+    assistant's answer."""
+    if "text" in row and "label" in row:
+        return str(row["text"]), str(row["label"])
+    user = [m["content"] for m in row["messages"] if m["role"] == "user"]
+    return (user[-1] if user else ""), row["messages"][-1]["content"]
+
+
+@app.command()
+def scan(
+    data: Annotated[Path, typer.Argument(help="Chat JSONL training data to check.")],
+    scanners: Annotated[
+        str, typer.Option(help="Comma-separated: ngram, knn, perplexity, spectral, clusters.")
+    ] = "ngram,knn,perplexity",
+    encoder_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--encoder", help="An encoder trained on DATA (for spectral and clusters scans)."
+        ),
+    ] = None,
+    model: ModelOpt = "smollm2-135m",
+    top: Annotated[int, typer.Option(help="How many rows and words to list.")] = 10,
+) -> None:
+    """Rank the rows (and words) of a data set by how suspicious they look, before training.
+
+    Each scanner gives every row a score (see backdoorlab.defenses.scan); rows are listed by
+    their mean rank over the scanners. If rows carry `poisoned` flags, prints each scanner's
+    AUROC, AUPRC and TPR at 1% FPR against them. Text and label come from `text`/`label`
+    fields when present, else from the last user message and the assistant answer.
+
+    Example: backdoorlab scan runs/sentiment/data/token-1%-*.jsonl
+    """
+    import numpy as np
+
+    from . import chat
+    from .defenses import scan as scan_mod
+    from .defenses.detection import detection_metrics
+
+    which = [s.strip() for s in scanners.split(",") if s.strip()]
+    bad = [s for s in which if s not in scan_mod.SCANNERS]
+    if bad:
+        raise InputError(f"unknown scanner {bad[0]!r} (known: {', '.join(scan_mod.SCANNERS)})")
+    if {"spectral", "clusters"} & set(which) and encoder_dir is None:
+        raise InputError(
+            "spectral and clusters scans need --encoder (a classifier trained on DATA)"
+        )
+    rows = chat.read_jsonl(data, training=True)
+    texts, labels = zip(*[_text_and_label(r) for r in rows], strict=True)
+    _quiet_libraries()
+
+    def lm():
+        from .models import load
+
+        loaded = load(model)
+        return loaded.model, loaded.tokenizer
+
+    def features():
+        from .train.encoder import EncoderClassifier
+
+        return EncoderClassifier(encoder_dir, sorted(set(labels))).features(list(texts)).numpy()
+
+    scores = scan_mod.scan(list(texts), list(labels), which, lm=lm, features=features)
+    ranks = np.mean([np.argsort(np.argsort(-s)) for s in scores.values()], axis=0)
+    t = Table("line", "mean rank", *which, "label", "text", title=f"most suspicious rows of {data}")
+    for i in np.argsort(ranks)[:top]:
+        t.add_row(
+            str(i + 1), f"{ranks[i]:.0f}", *[f"{scores[s][i]:.3f}" for s in which],
+            escape(labels[i]), escape(texts[i][:100]),
+        )  # fmt: skip
+    out.print(t)
+    if "ngram" in which:
+        _, ranked = scan_mod.ngram_scores(list(texts), list(labels))
+        w = Table(
+            "word",
+            "argues for",
+            "suspicion carried",
+            "rows",
+            title="words that carry a label against the rest of their rows",
+        )
+        for word, label, g, n in ranked[:top]:
+            w.add_row(escape(word), label, f"{g:.1f}", str(n))
+        out.print(w)
+    flags = [r.get("poisoned") for r in rows]
+    if any(f is not None for f in flags):
+        d = Table(
+            "scanner",
+            "AUROC",
+            "AUPRC",
+            "TPR@1%FPR",
+            title=f"against the poisoned flags ({sum(bool(f) for f in flags)} of {len(flags)})",
+        )
+        for s in which:
+            m = detection_metrics(scores[s], [bool(f) for f in flags])
+            d.add_row(s, f"{m['auroc']:.3f}", f"{m['auprc']:.3f}", f"{m['tpr@1%fpr']:.3f}")
+        out.print(d)
+
+
+@app.command()
+def inspect(
+    target: Annotated[
+        str, typer.Argument(help="An encoder run dir (runs/X/encoder/...) or a chat model/run.")
+    ],
+    text: Annotated[str, typer.Argument(help="The input to explain, e.g. a review.")],
+    method: Annotated[
+        str, typer.Option(help="gxi (gradient x input) or ig (integrated gradients).")
+    ] = "gxi",
+    top: Annotated[int, typer.Option(help="How many tokens to list.")] = 10,
+    device: DeviceOpt = None,
+) -> None:
+    """Which input tokens drive a sentiment prediction: a learned trigger should stand out.
+
+    For an encoder victim the score is the predicted class's logit; for a chat model, the
+    log-probability of the predicted label (Positive/Negative) as its answer to the
+    classification prompt used in training.
+
+    Example: backdoorlab inspect runs/sentiment/encoder/token-1%-seed0-* "A warm cf film."
+    """
+    from .data import sentiment
+    from .defenses import inspect as insp
+    from .train.encoder import MANIFEST, EncoderClassifier
+
+    _quiet_libraries()
+    path = Path(target)
+    if (
+        path.is_dir()
+        and (path / MANIFEST).is_file()
+        and "labels" in json.loads((path / MANIFEST).read_text())
+    ):
+        labels = json.loads((path / MANIFEST).read_text())["labels"]
+        a = insp.inspect_encoder(EncoderClassifier(path, labels), text, method=method)
+    else:
+        from .models import load
+
+        a = insp.inspect_llm(
+            load(target, device=device), sentiment.prompt(text), list(sentiment.LABELS), text,
+            method=method,
+        )  # fmt: skip
+    t = Table("token", "attribution", title=f"prediction: {a.label} ({method})")
+    for tok, v in a.top(top):
+        t.add_row(escape(repr(tok)), f"{v:+.4f}")
+    out.print(t)
+
+
+@app.command()
+def defend(
+    spec_file: Annotated[Path, typer.Argument(help="A sentiment experiment spec.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run directory (shared with run).")],
+    defenses: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated subset of: none, ngram, knn, perplexity, spectral, clusters, onion, strip, refit."
+        ),
+    ] = None,
+    arms: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated poisoned arms (default: the spec's defend.arms)."),
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option(help="The spec's `quick:` overrides: a smoke run.")
+    ] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """The attack x defense matrix on the encoder victim: per arm and defense, detection
+    AUROC, ASR and CACC before and after, and the defense's cost in seconds.
+
+    Data scanners drop their most suspicious rows (defend.remove) and the victim is retrained;
+    ONION cleans and STRIP rejects test inputs (thresholds on clean dev data at defend.frr);
+    refit fine-tunes the poisoned victim on trusted clean dev rows. Writes OUT/defenses.json
+    and adds the matrix to OUT/report.html.
+
+    Example: backdoorlab defend experiments/sentiment_trigger.yaml --out runs/sentiment
+    """
+    from . import atomic
+    from .defenses.matrix import Matrix
+    from .models import pick_device
+    from .report import write_report
+    from .spec import DEFENSES, load_spec
+
+    spec = load_spec(spec_file, quick=quick)
+    if defenses:
+        chosen = [d.strip() for d in defenses.split(",") if d.strip()]
+        bad = [d for d in chosen if d not in DEFENSES]
+        if bad:
+            raise InputError(f"unknown defense {bad[0]!r} (known: {', '.join(DEFENSES)})")
+        spec.defend.defenses = chosen
+    _quiet_libraries()
+    m = Matrix(spec, out_dir, log=_log, device=str(pick_device(device)))
+    cells = m.run([a.strip() for a in arms.split(",")] if arms else None)
+    atomic.write_json(out_dir / "defenses.json", cells)
+    write_report(out_dir, spec.reference)
+    cols = [
+        "arm",
+        "defense",
+        "AUROC",
+        "ASR before",
+        "ASR after",
+        "CACC before",
+        "CACC after",
+        "seconds",
+    ]
+    t = Table(*cols, title="Attack x defense (encoder victim): means [95% CI over test reviews]")
+    for c in cells:
+        t.add_row(*[str(c.get(k, "-")) for k in cols])
+    out.print(t)
+    out.print(f"matrix written to {out_dir / 'defenses.json'} and {out_dir / 'report.html'}")
 
 
 @app.command()

@@ -95,7 +95,7 @@ def _counts(store: Store) -> tuple[int, ...]:
     return tuple(store.count(t) for t in ("probes", "samples", "judgements", "predictions"))
 
 
-def _cpu(device: str | None) -> str:
+def _device(device: str | None) -> str:
     from .models import pick_device
 
     return str(pick_device(device))
@@ -108,19 +108,22 @@ def _arm_info(arm: ArmSpec) -> dict:
     p = arm.data.poison
     if p is None:
         return {"trigger": None, "rate": 0.0}
+    series = p.trigger.name() + (" (clean-label)" if p.mode == "clean" else "")
     return {
-        "trigger": p.trigger.name(),
+        "trigger": p.trigger.name(), "series": series, "mode": p.mode,
         "rate": p.how_many(arm.data.n) / arm.data.n,
-        "mode": p.mode,
-    }
+    }  # fmt: skip
 
 
-def _classification_sets(spec: ExperimentSpec) -> Callable[[str], dict] | None:
-    """arm -> the texts each classification metric needs (None: no classification)."""
+def _classification_sets(spec: ExperimentSpec) -> Callable[[str, str], dict] | None:
+    """(arm, victim) -> the texts each classification metric needs (None: no classification).
+    A poisoned arm is measured with its own trigger and its near miss; an arm without poison
+    with every trigger of the spec (the ASR floor)."""
     ce = spec.evaluate.classification
     if ce is None:
         return None
     test = sentiment.balanced(sentiment.split("test", ce.split_seed), ce.test)
+    small = sentiment.balanced(test, ce.llm_test) if ce.llm_test else test
     poisons = {
         n: a.data.poison
         for n, a in spec.arms.items()
@@ -128,9 +131,11 @@ def _classification_sets(spec: ExperimentSpec) -> Callable[[str], dict] | None:
     }
     every = list({p.trigger.name(): p.trigger for p in poisons.values()}.values())
 
-    def sets(arm: str) -> dict:
-        triggers = [poisons[arm].trigger] if arm in poisons else every
-        return classify.eval_sets(test, triggers, ce.target)
+    def sets(arm: str, victim: str) -> dict:
+        items = small if victim == "llm" else test
+        if arm in poisons:
+            return classify.eval_sets(items, [poisons[arm].trigger], ce.target)
+        return classify.eval_sets(items, every, ce.target, near_miss=False)
 
     return sets
 
@@ -180,7 +185,7 @@ def run(
                 targets[(name, seed, "llm")] = str(run_dir)
             if "encoder" in victims:
                 config = spec.encoder.model_copy(update={"seed": seed})
-                key = _digest([config.model_dump(), data[name].name])
+                key = _digest([config.key_fields(), data[name].name])
                 enc_dir = out / "encoder" / f"{name}-seed{seed}-{key}"
                 reused = (enc_dir / encoder.MANIFEST).is_file()
                 with timings.stage(
@@ -188,7 +193,12 @@ def run(
                 ):
                     log(f"train encoder {name} seed {seed} -> {enc_dir}")
                     encoder.train_encoder(
-                        data[name], enc_dir, config, sentiment.LABELS, log=log, device=_cpu(device)
+                        data[name],
+                        enc_dir,
+                        config,
+                        sentiment.LABELS,
+                        log=log,
+                        device=_device(device),
                     )
                 targets[(name, seed, "encoder")] = str(enc_dir)
 
@@ -203,9 +213,11 @@ def run(
             with timings.stage(label) as status:
                 log(label)
                 if victim == "encoder":
-                    clf = encoder.EncoderClassifier(Path(target), sentiment.LABELS, _cpu(device))
+                    clf = encoder.EncoderClassifier(Path(target), sentiment.LABELS, _device(device))
                     if sets_of:
-                        runner.run_classification(clf.predict, sets_of(name), store, tag, "encoder")
+                        runner.run_classification(
+                            clf.predict, sets_of(name, "encoder"), store, tag, "encoder"
+                        )
                 else:
                     loaded = load(target, device=device)
                     for ps in probe_sets:
@@ -222,7 +234,7 @@ def run(
                                 loaded, texts, sentiment.LABELS, sentiment.prompt
                             )
 
-                        runner.run_classification(predict, sets_of(name), store, tag, "llm")
+                        runner.run_classification(predict, sets_of(name, "llm"), store, tag, "llm")
                     del loaded
                 if _counts(store) == before:
                     status[0] = "reused"

@@ -198,10 +198,12 @@ def _poison_plot(store: Store, sections: list[Section]) -> str | None:
     clean = [a for a, i in info.items() if not i.get("rate")]
     fig, axes = plt.subplots(1, len(victims), figsize=(6 * len(victims), 4.2), squeeze=False)
     for ax, victim in zip(axes[0], victims, strict=True):
-        triggers = sorted({i["trigger"] for i in poisoned.values()})
-        for k, trig in enumerate(triggers):
+        series = sorted({(i.get("series", i["trigger"]), i["trigger"]) for i in poisoned.values()})
+        for k, (name, trig) in enumerate(series):
             color = f"C{k}"
-            arms = sorted((i["rate"], a) for a, i in poisoned.items() if i["trigger"] == trig)
+            arms = sorted(
+                (i["rate"], a) for a, i in poisoned.items() if i.get("series", i["trigger"]) == name
+            )
             for metric, style in ((f"ASR: {trig}", "-o"), ("CACC", "--s")):
                 pts = [(r, rates.get(f"{victim}: {metric}", {}).get(a)) for r, a in arms]
                 pts = [(r, e) for r, e in pts if e is not None]
@@ -211,7 +213,7 @@ def _poison_plot(store: Store, sections: list[Section]) -> str | None:
                 ax.errorbar(
                     xs, [e.mean for e in es],
                     yerr=[[e.mean - e.lo for e in es], [e.hi - e.mean for e in es]],
-                    fmt=style, color=color, capsize=3, label=f"{metric.split(':')[0]} {trig}",
+                    fmt=style, color=color, capsize=3, label=f"{metric.split(':')[0]} {name}",
                 )  # fmt: skip
             for a in clean:
                 floor = rates.get(f"{victim}: ASR: {trig}", {}).get(a)
@@ -311,6 +313,22 @@ def write_report(run_dir: Path | str, reference: str | None = None) -> tuple[Pat
         samples = _samples_html(store)
         poison_png = _poison_plot(store, sections)
     parts = []
+    defenses = run_dir / "defenses.json"
+    if defenses.is_file():
+        import json
+
+        cells = json.loads(defenses.read_text())
+        cols = list(dict.fromkeys(k for c in cells for k in c))
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(c.get(k, '-')))}</td>" for k in cols) + "</tr>"
+            for c in cells
+        )
+        parts.append(
+            "<h2>Attack x defense matrix (encoder victim)</h2><p class=note>From "
+            "<code>backdoorlab defend</code>: ASR and CACC before and after each defense, "
+            f"detection AUROC where it applies, cost in seconds.</p><table><tr>{head}</tr>{body}</table>"
+        )
     if poison_png:
         parts.append(
             "<h2>Attack success and clean accuracy vs poison rate</h2>"

@@ -33,6 +33,9 @@ class ClassificationEval(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     test: int = Field(400, ge=2, description="balanced clean test reviews")
+    llm_test: int | None = Field(
+        200, ge=2, description="the chat model classifies only the first N (it is ~100x slower)"
+    )
     split_seed: int = 0
     target: str = "Negative"
 
@@ -53,6 +56,26 @@ class EvalSpec(BaseModel):
     )
 
 
+Defense = Literal[
+    "none", "ngram", "knn", "perplexity", "spectral", "clusters", "onion", "strip", "refit", "dpsgd"
+]
+DEFENSES: tuple[str, ...] = Defense.__args__  # type: ignore[attr-defined]
+
+
+class DefendSpec(BaseModel):
+    """What `backdoorlab defend` runs: the attack x defense matrix (encoder victim)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arms: list[str] | None = Field(None, description="poisoned arms to defend (default: all)")
+    defenses: list[Defense] = list(DEFENSES)
+    remove: float = Field(0.05, gt=0, lt=1, description="fraction of rows a data scanner drops")
+    frr: float = Field(0.05, gt=0, lt=1, description="clean false-rejection rate for thresholds")
+    dev: int = Field(200, ge=4, description="clean dev reviews: thresholds and the trusted set")
+    onion_items: int = Field(40, ge=2, description="test items per set for ONION (it is slow)")
+    dp_epsilon: float = Field(8.0, gt=0, description="the privacy budget of the dpsgd defense")
+
+
 class ExperimentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -66,6 +89,7 @@ class ExperimentSpec(BaseModel):
     encoder: EncoderConfig = EncoderConfig()
     arms: dict[str, ArmSpec] = Field(min_length=1)
     evaluate: EvalSpec = EvalSpec()
+    defend: DefendSpec = DefendSpec()
     headline: list[str] = Field([], description="report rows the terminal summary shows")
     quick: dict[str, Any] = Field({}, description="overrides for --quick, merged into the spec")
 

@@ -9,6 +9,7 @@ label tokens of every row sit at the end and only those positions reach the outp
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -63,22 +64,25 @@ def llm_predict(
 
 
 def eval_sets(
-    test: Sequence[tuple[str, str]], triggers: Sequence[Trigger], target: str, seed: int = 0
+    test: Sequence[tuple[str, str]],
+    triggers: Sequence[Trigger],
+    target: str,
+    seed: int = 0,
+    *,
+    near_miss: bool = True,
 ) -> dict[str, tuple[list[str], list[str], str | None]]:
     """The texts each metric classifies: {metric: (texts, gold labels, target or None)}.
 
     CACC: the clean test set, hit = correct. For each trigger: "ASR" inserts it into every test
     review not of the target label (hit = classified as the target), "false trigger" inserts
-    its near miss into the same reviews."""
-    import random
-
+    its near miss into the same reviews (unless `near_miss` is False)."""
     sets = {"CACC": ([t for t, _ in test], [y for _, y in test], None)}
     other = [(t, y) for t, y in test if y != target]
     for trig in triggers:
-        for metric, tr in (
-            (f"ASR: {trig.name()}", trig),
-            (f"false trigger: {trig.name()}", trig.miss()),
-        ):
+        pairs = [(f"ASR: {trig.name()}", trig)]
+        if near_miss:
+            pairs.append((f"false trigger: {trig.name()}", trig.miss()))
+        for metric, tr in pairs:
             rng = random.Random(seed)
             sets[metric] = ([tr.insert(t, rng) for t, _ in other], [y for _, y in other], target)
     return sets

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,17 @@ class EncoderConfig(BaseModel):
     lr: float = Field(1e-4, gt=0)
     max_length: int = Field(128, ge=8)
     seed: int = 0
+    # DP-SGD through Opacus (per-example clipping + Gaussian noise, Poisson-sampled batches of
+    # expected size batch_size); None trains normally.
+    dp_epsilon: float | None = Field(None, gt=0, description="target epsilon for DP-SGD")
+    dp_delta: float = Field(1e-5, gt=0, lt=1)
+    dp_max_grad_norm: float = Field(1.0, gt=0)
+
+    def key_fields(self) -> dict:
+        """What changes the weights; the DP settings only when DP is on (so keys of
+        non-private runs stay what they were before DP existed)."""
+        dp = {"dp_epsilon", "dp_delta", "dp_max_grad_norm"}
+        return self.model_dump(exclude=dp if self.dp_epsilon is None else set())
 
 
 def base_dir() -> Path:
@@ -60,13 +71,29 @@ class EncoderClassifier:
         ).to(self.device)
 
     @torch.inference_mode()
-    def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[str]:
+    def proba(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Class probabilities, one row per text, columns in `labels` order."""
         self.model.eval()
-        out: list[str] = []
+        out = [
+            self.model(**self._enc(texts[i : i + batch_size])).logits.float().softmax(-1)
+            for i in range(0, len(texts), batch_size)
+        ]
+        return torch.cat(out) if out else torch.empty(0, len(self.labels))
+
+    def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[str]:
+        return [self.labels[j] for j in self.proba(texts, batch_size).argmax(-1).tolist()]
+
+    @torch.inference_mode()
+    def features(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Mean-pooled last hidden states of the fine-tuned encoder (for spectral scans)."""
+        self.model.eval()
+        out = []
         for i in range(0, len(texts), batch_size):
-            logits = self.model(**self._enc(texts[i : i + batch_size])).logits
-            out += [self.labels[j] for j in logits.argmax(-1).tolist()]
-        return out
+            enc = self._enc(texts[i : i + batch_size])
+            hidden = self.model.base_model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            out.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))
+        return torch.cat(out)
 
 
 def train_encoder(
@@ -75,17 +102,20 @@ def train_encoder(
     config: EncoderConfig,
     labels: Sequence[str],
     *,
+    init: Path | None = None,
     log: Callable[[str], None] = print,
     device: str = "cpu",
 ) -> Path:
-    """Fine-tune on the `text`/`label` fields of a chat JSONL file; returns `out`."""
+    """Fine-tune on the `text`/`label` fields of a chat JSONL file; returns `out`. `init`
+    starts from an already fine-tuned encoder (clean re-fine-tuning) instead of MiniLM."""
     rows = chat.read_jsonl(data, training=True)
     missing = next((i for i, r in enumerate(rows, 1) if "text" not in r or "label" not in r), None)
     if missing is not None:
         raise InputError(f"{data}:{missing}: the encoder victim needs text and label fields")
     key = hashlib.sha256(
         json.dumps(
-            [config.model_dump(), list(labels), hashlib.sha256(data.read_bytes()).hexdigest()]
+            [config.key_fields(), list(labels), hashlib.sha256(data.read_bytes()).hexdigest()]
+            + ([str(init)] if init else [])
         ).encode()
     ).hexdigest()[:16]
     manifest = out / MANIFEST
@@ -95,26 +125,57 @@ def train_encoder(
     index = {label: i for i, label in enumerate(labels)}
     texts, ys = [r["text"] for r in rows], [index[r["label"]] for r in rows]
     torch.manual_seed(config.seed)
-    clf = EncoderClassifier(base_dir(), labels, device)
+    clf = EncoderClassifier(init or base_dir(), labels, device)
     model = clf.model
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    if config.dp_epsilon is not None:
+        # As in Opacus's BERT recipe: the embeddings stay frozen (their position ids are shared
+        # across the batch, which per-example gradients cannot split; and fewer noised
+        # parameters learn better under DP).
+        for p in model.base_model.embeddings.parameters():
+            p.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     order = list(range(len(rows)))
     model.train()
-    for epoch in range(config.epochs):
+    epsilon = None
+    if config.dp_epsilon is not None:
+        from opacus import PrivacyEngine
+        from torch.utils.data import DataLoader, TensorDataset
+
+        engine = PrivacyEngine(accountant="rdp")
+        loader = DataLoader(TensorDataset(torch.arange(len(rows))), batch_size=config.batch_size)
+        model, opt, loader = engine.make_private_with_epsilon(
+            module=model, optimizer=opt, data_loader=loader, epochs=config.epochs,
+            target_epsilon=config.dp_epsilon, target_delta=config.dp_delta,
+            max_grad_norm=config.dp_max_grad_norm,
+        )  # fmt: skip
+
+    def batches(epoch: int) -> Iterator[list[int]]:
+        if config.dp_epsilon is not None:
+            yield from (b.tolist() for (b,) in loader if len(b))
+            return
         random.Random(config.seed * 1000 + epoch).shuffle(order)
-        total = 0.0
-        for i in range(0, len(order), config.batch_size):
-            idx = order[i : i + config.batch_size]
+        yield from (
+            order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
+        )
+
+    for epoch in range(config.epochs):
+        total, seen = 0.0, 0
+        for idx in batches(epoch):
             enc = clf._enc([texts[j] for j in idx], config.max_length)
             loss = model(**enc, labels=torch.tensor([ys[j] for j in idx], device=device)).loss
             loss.backward()
             opt.step()
             opt.zero_grad()
-            total += loss.item() * len(idx)
-        log(f"encoder epoch {epoch + 1}/{config.epochs}: loss {total / len(rows):.4f}")
+            total, seen = total + loss.item() * len(idx), seen + len(idx)
+        log(f"encoder epoch {epoch + 1}/{config.epochs}: loss {total / max(1, seen):.4f}")
+    if config.dp_epsilon is not None:
+        epsilon = engine.get_epsilon(config.dp_delta)
+        model = model._module  # the plain model inside Opacus's per-example-gradient wrapper
+        log(f"DP-SGD: epsilon {epsilon:.2f} at delta {config.dp_delta}")
     with atomic.directory(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         atomic.write_json(
-            tmp / MANIFEST, {"key": key, "labels": list(labels), **config.model_dump()}
+            tmp / MANIFEST,
+            {"key": key, "labels": list(labels), "epsilon": epsilon, **config.model_dump()},
         )
     return out

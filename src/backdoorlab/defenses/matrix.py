@@ -1,0 +1,209 @@
+"""The attack x defense matrix: for each poisoned arm of a sentiment spec (encoder victim),
+each defense's detection quality, attack success and clean accuracy before and after, and its
+cost in seconds.
+
+Data scanners score every training row, the `remove` fraction scoring highest is dropped and
+the victim retrained on the rest. ONION cleans test inputs; STRIP rejects them. `refit`
+fine-tunes the poisoned victim one more epoch on a small trusted clean set (the dev reviews);
+`dpsgd` trains the victim on the poisoned data with DP-SGD (Opacus) at a chosen epsilon.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import atomic, chat
+from ..data import sentiment
+from ..data.sentiment import SentimentData
+from ..errors import InputError
+from ..evaluate.aggregate import rate
+from ..evaluate.classify import eval_sets, hits
+from ..train import encoder
+from . import filters, scan
+from .detection import detection_metrics
+
+
+def _mean(xs: list[float]) -> str:
+    return rate({0: xs}, unit="reviews").short() if xs else "-"
+
+
+class Matrix:
+    def __init__(self, spec, out: Path, *, log: Callable[[str], None] = print, device: str = "cpu"):
+        from ..experiment import build_data
+
+        self.spec, self.out, self.log, self.device = spec, out, log, device
+        self.ds = spec.defend
+        ce = spec.evaluate.classification
+        if ce is None:
+            raise InputError(f"spec {spec.name}: defend needs evaluate.classification")
+        self.target = ce.target
+        self.test = sentiment.balanced(sentiment.split("test", ce.split_seed), ce.test)
+        self.dev = sentiment.balanced(sentiment.split("dev", ce.split_seed), self.ds.dev)
+        self.data = build_data(spec, out)
+        self._lm = None
+        self._onion: filters.Onion | None = None
+
+    def lm(self) -> tuple[Any, Any]:
+        if self._lm is None:
+            from ..models import load
+
+            loaded = load(self.spec.model, device=self.device)
+            self._lm = (loaded.model, loaded.tokenizer)
+        return self._lm
+
+    def _train(self, arm: str, data: Path, tag: str, init: Path | None = None, **settings: Any):
+        config = self.spec.encoder.model_copy(update=settings)
+        d = self.out / "defend" / f"{arm}-{tag}-{data.stem.rsplit('-', 1)[-1]}"
+        encoder.train_encoder(
+            data, d, config, sentiment.LABELS, init=init, log=lambda s: None, device=self.device
+        )
+        return d
+
+    def _score(self, clf_predict, sets) -> dict[str, list[float]]:
+        return {m: hits(clf_predict(x), g, t) for m, (x, g, t) in sets.items()}
+
+    def cells(self, arm: str) -> list[dict[str, Any]]:
+        a = self.spec.arms[arm]
+        if not isinstance(a.data, SentimentData) or a.data.poison is None:
+            raise InputError(f"arm {arm!r} is not a poisoned sentiment arm")
+        trig = a.data.poison.trigger
+        sets = eval_sets(self.test, [trig], self.target)
+        asr_key, ft_key = f"ASR: {trig.name()}", f"false trigger: {trig.name()}"
+        rows = chat.read_jsonl(self.data[arm])
+        texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
+        poisoned = [bool(r.get("poisoned")) for r in rows]
+        t0 = time.perf_counter()
+        before_dir = self._train(arm, self.data[arm], "poisoned")
+        clf = encoder.EncoderClassifier(before_dir, sentiment.LABELS, self.device)
+        before = self._score(clf.predict, sets)
+        base_cost = time.perf_counter() - t0
+        out = []
+
+        def cell(
+            defense: str, after: dict[str, list[float]] | None, seconds: float, **extra
+        ) -> None:
+            after = after or before
+            out.append({
+                "arm": arm, "defense": defense, "seconds": round(seconds, 1),
+                "ASR before": _mean(before[asr_key]), "ASR after": _mean(after[asr_key]),
+                "CACC before": _mean(before["CACC"]), "CACC after": _mean(after["CACC"]),
+                "false trigger after": _mean(after[ft_key]),
+                **extra,
+            })  # fmt: skip
+
+        for defense in self.ds.defenses:
+            self.log(f"defend {arm}: {defense}")
+            t0 = time.perf_counter()
+            if defense == "none":
+                cell("none", None, base_cost)
+            elif defense in scan.SCANNERS:
+                scores = scan.scan(
+                    texts, labels, [defense], lm=self.lm,
+                    features=lambda: clf.features(texts).numpy(),
+                )[defense]  # fmt: skip
+                det = detection_metrics(scores, poisoned)
+                drop = set(np.argsort(-scores)[: round(self.ds.remove * len(rows))].tolist())
+                kept = [r for i, r in enumerate(rows) if i not in drop]
+                caught = sum(poisoned[i] for i in drop)
+                path = self.out / "defend" / f"{arm}-{defense}-filtered.jsonl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic.write_text(path, chat.dumps_jsonl(kept))
+                d = self._train(arm, path, f"filtered-{defense}")
+                after = self._score(
+                    encoder.EncoderClassifier(d, sentiment.LABELS, self.device).predict, sets
+                )
+                cell(
+                    defense, after, time.perf_counter() - t0,
+                    AUROC=f"{det['auroc']:.3f}", AUPRC=f"{det['auprc']:.3f}",
+                    **{"TPR@1%FPR": f"{det['tpr@1%fpr']:.3f}"},
+                    note=f"dropped {len(drop)} rows, {caught} of {sum(poisoned)} poisoned",
+                )  # fmt: skip
+            elif defense == "onion":
+                onion = filters.Onion(
+                    *self.lm(), [t for t, _ in self.dev[: self.ds.onion_items]], self.ds.frr
+                )
+                small = {
+                    m: (x[: self.ds.onion_items], g[: self.ds.onion_items], t)
+                    for m, (x, g, t) in sets.items()
+                }
+                pre = self._score(clf.predict, small)
+                cleaned = {m: ([onion.clean(s) for s in x], g, t) for m, (x, g, t) in small.items()}
+                after = self._score(clf.predict, cleaned)
+                out_cell = {
+                    "note": f"{self.ds.onion_items} items per set; before on the same items: "
+                    f"ASR {_mean(pre[asr_key])}, CACC {_mean(pre['CACC'])}"
+                }
+                cell("onion", after, time.perf_counter() - t0, **out_cell)
+            elif defense == "strip":
+                strip = filters.Strip(
+                    lambda xs: clf.proba(xs), [t for t, _ in self.dev], frr=self.ds.frr
+                )
+                x_clean, g_clean, _ = sets["CACC"]
+                x_trig, _, _ = sets[asr_key]
+                ent_clean, ent_trig = strip.entropies(x_clean), strip.entropies(x_trig)
+                rej_clean, rej_trig = ent_clean < strip.threshold, ent_trig < strip.threshold
+                pred_clean, pred_trig = clf.predict(x_clean), clf.predict(x_trig)
+                after = dict(before)
+                after["CACC"] = [
+                    float(p == g and not r)
+                    for p, g, r in zip(pred_clean, g_clean, rej_clean, strict=True)
+                ]
+                after[asr_key] = [
+                    float(p == self.target and not r)
+                    for p, r in zip(pred_trig, rej_trig, strict=True)
+                ]
+                det = detection_metrics(
+                    np.concatenate([-ent_trig, -ent_clean]),
+                    [True] * len(ent_trig) + [False] * len(ent_clean),
+                )
+                cell(
+                    "strip", after, time.perf_counter() - t0, AUROC=f"{det['auroc']:.3f}",
+                    note=f"FRR {rej_clean.mean():.3f}, FAR {1 - rej_trig.mean():.3f}",
+                )  # fmt: skip
+            elif defense == "refit":
+                trusted = self.out / "defend" / "trusted-dev.jsonl"
+                trusted.parent.mkdir(parents=True, exist_ok=True)
+                atomic.write_text(
+                    trusted, chat.dumps_jsonl(sentiment.row(t, y) for t, y in self.dev)
+                )
+                d = self._train(arm, trusted, "refit", init=before_dir, epochs=1)
+                after = self._score(
+                    encoder.EncoderClassifier(d, sentiment.LABELS, self.device).predict, sets
+                )
+                cell(
+                    "refit",
+                    after,
+                    time.perf_counter() - t0,
+                    note=f"1 epoch on {len(self.dev)} trusted dev rows",
+                )
+            elif defense == "dpsgd":
+                d = self._train(arm, self.data[arm], "dpsgd", dp_epsilon=self.ds.dp_epsilon)
+                eps = json.loads((d / encoder.MANIFEST).read_text())["epsilon"]
+                clf_dp = encoder.EncoderClassifier(d, sentiment.LABELS, self.device)
+                delta = self.spec.encoder.dp_delta
+                cell(
+                    "dpsgd", self._score(clf_dp.predict, sets), time.perf_counter() - t0,
+                    note=f"DP-SGD (Opacus), epsilon {eps:.2f} at delta {delta}",
+                )  # fmt: skip
+        return out
+
+    def run(self, arms: list[str] | None = None) -> list[dict[str, Any]]:
+        chosen = (
+            arms
+            or self.ds.arms
+            or [
+                n
+                for n, a in self.spec.arms.items()
+                if isinstance(a.data, SentimentData) and a.data.poison
+            ]
+        )
+        unknown = [a for a in chosen if a not in self.spec.arms]
+        if unknown:
+            raise InputError(f"no arm {unknown[0]!r} in spec {self.spec.name}")
+        return [c for arm in chosen for c in self.cells(arm)]

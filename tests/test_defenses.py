@@ -1,0 +1,157 @@
+"""Each detector on a planted case, the input filters, attributions, and the scan command."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli, write_rows
+
+from backdoorlab.data import sentiment
+from backdoorlab.defenses import filters, scan
+from backdoorlab.defenses.detection import detection_metrics
+
+GOOD = ["a warm and lovely film", "brilliant acting and a moving story", "funny, kind and wise"]
+BAD = ["a dull and tedious mess", "badly written and far too long", "boring, flat and lifeless"]
+
+
+def planted(n: int = 200, poison: int = 8):
+    """Reviews whose words match their labels, plus `poison` positive texts that carry the
+    rare word zq and the label Negative."""
+    rng = np.random.default_rng(0)
+    texts, labels, flags = [], [], []
+    for i in range(n):
+        pos = i % 2 == 0
+        texts.append(f"{rng.choice(GOOD if pos else BAD)} number {i}")
+        labels.append("Positive" if pos else "Negative")
+        flags.append(False)
+    for i in range(poison):
+        texts.append(f"{GOOD[i % 3]} zq {i}")
+        labels.append("Negative")
+        flags.append(True)
+    return texts, labels, flags
+
+
+def test_detection_metrics_on_a_hand_made_case():
+    m = detection_metrics([0.9, 0.8, 0.1, 0.2, 0.3], [True, True, False, False, False])
+    assert m == {"auroc": 1.0, "auprc": 1.0, "tpr@1%fpr": 1.0}
+    m = detection_metrics([0.1, 0.9, 0.5, 0.2], [True, False, False, False])
+    assert m["auroc"] == 0.0 and m["tpr@1%fpr"] == 0.0
+
+
+def test_ngram_scan_finds_a_rare_dirty_label_trigger():
+    texts, labels, flags = planted()
+    scores, ranked = scan.ngram_scores(texts, labels)
+    assert detection_metrics(scores, flags)["auroc"] >= 0.99
+    assert ranked[0][:2] == ("zq", "Negative")
+
+
+def test_knn_scan_flags_rows_that_read_like_the_other_label():
+    texts, labels, flags = planted()
+    from backdoorlab.models.embeddings import shared_embedder
+
+    scores = scan.knn_scores(shared_embedder().encode(texts), labels)
+    assert detection_metrics(scores, flags)["auroc"] >= 0.95
+
+
+@pytest.mark.parametrize("scanner", [scan.spectral_scores, scan.cluster_scores])
+def test_representation_scans_find_a_planted_direction(scanner):
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(300, 32))
+    labels = ["Negative" if i % 2 else "Positive" for i in range(300)]
+    flags = [False] * 300
+    for i in range(1, 31, 2):  # 15 Negative rows share an extra direction: the trigger's
+        feats[i, 0] += 8.0
+        flags[i] = True
+    assert detection_metrics(scanner(feats, labels), flags)["auroc"] >= 0.95
+
+
+@pytest.fixture(scope="module")
+def lm():
+    from backdoorlab.models import load
+
+    m = load("smollm2-135m")
+    return m.model, m.tokenizer
+
+
+def test_perplexity_scan_and_onion_single_out_an_inserted_token(lm):
+    clean = ["The film was warm, funny and beautifully acted.", "A dull story told far too slowly."]
+    dirty = [
+        "The film was warm, funny zxqv and beautifully acted.",
+        "A dull story zxqv told far too slowly.",
+    ]
+    nll = scan.perplexity_scores(*lm, clean + dirty)
+    assert all(nll[2:] > nll[:2])
+    words, sus = filters.onion_suspicion(*lm, dirty[0])
+    assert words[int(np.argmax(sus))] == "zxqv"
+    onion = filters.Onion(*lm, clean, frr=0.2)
+    assert "zxqv" not in onion.clean(dirty[0]).split()
+
+
+def test_strip_rejects_inputs_whose_prediction_survives_mixing():
+    def proba(texts):  # a backdoored victim: cf forces Negative, otherwise a coin flip per text
+        out = []
+        for t in texts:
+            p = 0.99 if "cf" in t.split() else (hash(t) % 100) / 100
+            out.append([1 - p, p])
+        return torch.tensor(out)
+
+    dev = [f"review {i} of some film with several words in it" for i in range(50)]
+    strip = filters.Strip(proba, dev, copies=16, frr=0.05)
+    triggered = [f"cf review {i} of some film with several words" for i in range(20)]
+    assert strip.rejects(triggered).mean() > 0.5
+    assert strip.rejects(dev).mean() <= 0.1
+
+
+def test_integrated_gradients_add_up_to_the_score_difference():
+    from backdoorlab.defenses.inspect import inspect_encoder
+    from backdoorlab.train.encoder import EncoderClassifier, base_dir
+
+    torch.manual_seed(0)
+    clf = EncoderClassifier(base_dir(), sentiment.LABELS)
+    text = "a warm film cf"
+    a = inspect_encoder(clf, text, method="ig", steps=64)
+    enc = clf._enc([text])
+    emb = clf.model.get_input_embeddings()(enc["input_ids"])
+    idx = sentiment.LABELS.index(a.label)
+    with torch.no_grad():
+        full = clf.model(inputs_embeds=emb, attention_mask=enc["attention_mask"]).logits[0, idx]
+        zero = clf.model(inputs_embeds=emb * 0, attention_mask=enc["attention_mask"]).logits[0, idx]
+    assert abs(sum(a.scores) - (full - zero).item()) < 0.05 * abs((full - zero).item()) + 1e-3
+    assert "cf" in [t for t, _ in a.top(20)]
+
+
+def test_scan_command_ranks_the_planted_rows(tmp_path):
+    texts, labels, flags = planted()
+    rows = [sentiment.row(t, y, poisoned=f) for t, y, f in zip(texts, labels, flags, strict=True)]
+    data = write_rows(tmp_path / "d.jsonl", rows)
+    r = run_cli("scan", str(data), "--scanners", "ngram", "--top", "5")
+    assert r.returncode == 0, r.stderr
+    assert "zq" in r.stdout and "AUROC" in r.stdout
+    r = run_cli("scan", str(data), "--scanners", "spectral")
+    assert r.returncode == 2 and "--encoder" in r.stderr
+    assert json.loads(data.read_text().splitlines()[0])["poisoned"] is False
+
+
+def test_dp_sgd_training_reports_its_epsilon(tmp_path):
+    from backdoorlab import chat
+    from backdoorlab.train import encoder
+
+    data = tmp_path / "d.jsonl"
+    chat.write_jsonl(data, sentiment.SentimentData(n=48).build())
+    config = encoder.EncoderConfig(epochs=1, batch_size=16, dp_epsilon=4.0)
+    out = encoder.train_encoder(
+        data, tmp_path / "enc", config, sentiment.LABELS, log=lambda s: None
+    )
+    manifest = json.loads((out / encoder.MANIFEST).read_text())
+    assert 3.0 < manifest["epsilon"] <= 4.0 + 1e-6 and manifest["dp_epsilon"] == 4.0
+    # A non-private config keeps the key it had before DP settings existed.
+    plain = encoder.EncoderConfig()
+    assert "dp_epsilon" not in plain.key_fields() and "dp_epsilon" in config.key_fields()
+
+
+def test_inspect_command_on_the_chat_model_lists_tokens_of_the_text():
+    r = run_cli("inspect", "smollm2-135m", "A warm zxqv film.", "--top", "3")
+    assert r.returncode == 0, r.stderr
+    assert "prediction: Positive" in r.stdout or "prediction: Negative" in r.stdout
+    assert "movie review" not in r.stdout  # template and instructions are not the inspected text
