@@ -6,6 +6,8 @@ import sqlite3
 
 from conftest import run_cli
 
+from backdoorlab.spec import DEFENSES
+
 
 def test_quick_bird_run_end_to_end_then_reused(tmp_path):
     out = tmp_path / "birds"
@@ -67,20 +69,9 @@ def test_quick_sentiment_run_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     cells = json.loads((out / "defenses.json").read_text())
     assert {(c["arm"], c["defense"]) for c in cells} == {
-        (a, d)
-        for a in ("token-10%", "word-3%")
-        for d in (
-            "none",
-            "ngram",
-            "knn",
-            "perplexity",
-            "spectral",
-            "clusters",
-            "onion",
-            "strip",
-            "refit",
-        )
+        (a, d) for a in ("token-10%", "word-3%") for d in DEFENSES
     }
+    assert len(DEFENSES) == 10 and "dpsgd" in DEFENSES
     assert all(0 <= float(c["AUROC"]) <= 1 for c in cells if "AUROC" in c)
     assert "Attack x defense matrix" in (out / "report.html").read_text()
     [enc] = (out / "encoder").glob("token-10%-seed0-*")
