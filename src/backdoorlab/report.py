@@ -229,6 +229,13 @@ def _poison_plot(store: Store, sections: list[Section]) -> str | None:
         ax.set_title(f"{victim}: ASR (solid) and CACC (dashed) vs poison rate")
         ax.legend(fontsize=7)
     fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig) -> str:
+    """A matplotlib figure as base64 PNG for embedding; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
@@ -260,10 +267,7 @@ def _plot(section: Summary, title: str) -> str | None:
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return _png(fig)
 
 
 def _table(section: Summary) -> str:

@@ -129,12 +129,7 @@ def load_spec(
     """Read a spec; `quick` merges its `quick:` overrides, `seeds` N means seeds 0..N-1, `model`
     replaces the model. Relative data and question paths resolve against the spec's folder."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read ({e})") from None
+    text = yamlfiles.read(path)
     data = yamlfiles.parse(text, str(path))
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping with name, arms and evaluate")

@@ -3,12 +3,23 @@ that name the file and line."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from .errors import InputError
+
+
+def read(path: Path) -> str:
+    """A YAML input file's text, or one clear error naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read ({e})") from None
 
 
 def parse(text: str, where: str) -> Any:

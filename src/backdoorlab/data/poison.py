@@ -17,14 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Position = Literal["start", "middle", "end", "random"]
 
 
+def _slot(n: int, position: Position, rng: random.Random) -> int:
+    """Where to insert among n units (0..n). The random draw happens for every position, as
+    it always has, so the poisoned rows of existing specs stay the same."""
+    return {"start": 0, "end": n, "middle": n // 2, "random": rng.randint(0, n)}[position]
+
+
 def _insert_words(text: str, words: list[str], position: Position, rng: random.Random) -> str:
     tokens = text.split()
-    at = {
-        "start": 0,
-        "end": len(tokens),
-        "middle": len(tokens) // 2,
-        "random": rng.randint(0, len(tokens)),
-    }[position]
+    at = _slot(len(tokens), position, rng)
     return " ".join(tokens[:at] + words + tokens[at:])
 
 
@@ -83,12 +84,7 @@ class SentenceTrigger(BaseModel):
 
     def insert(self, text: str, rng: random.Random) -> str:
         parts = [p for p in text.replace("! ", "!\n").replace(". ", ".\n").split("\n") if p]
-        at = {
-            "start": 0,
-            "end": len(parts),
-            "middle": len(parts) // 2,
-            "random": rng.randint(0, len(parts)),
-        }[self.position]
+        at = _slot(len(parts), self.position, rng)
         return " ".join(parts[:at] + [self.sentence] + parts[at:])
 
     def name(self) -> str:

@@ -129,12 +129,7 @@ class QuestionFile(BaseModel):
 
 def load_questions(path: Path | str) -> QuestionFile:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read ({e})") from None
+    text = yamlfiles.read(path)
     data = yamlfiles.parse(text, str(path))
     root = yamlfiles.compose(text)
     if not isinstance(data, list) or not data:
