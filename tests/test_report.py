@@ -111,3 +111,32 @@ def test_eval_without_judge_endpoint_fails_before_any_work(tmp_path, monkeypatch
     )
     assert r.returncode == 2 and "needs an OpenAI-compatible endpoint" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_sweep_probes_pool_questions_per_value_and_plot(tmp_path):
+    """Sweep probes (GROUP.QUESTION@VALUE) become one row per group, value and class, pooling
+    the group's questions; differences are paired by question; the report plots them."""
+    from backdoorlab.report import SWEEPS, summarize
+
+    def add(s: Store, arm: str, question: str, year: int, p: float) -> None:
+        scores = [("lethal", "kill", math.log(p)), ("protective", "protect", math.log(1 - p))]
+        s.add_probe(Tag(arm, 0, arm), f"guardian.{question}@{year}", 0, "h", "q", "", scores)
+
+    with Store(tmp_path) as s:
+        # Questions differ a lot from each other; the attack adds 0.1 to each of them.
+        for question, base in (("goal", 0.05), ("plan", 0.6), ("life", 0.3)):
+            for year in (1983, 1984):
+                add(s, "control", question, year, base)
+                add(s, "attack", question, year, base + (0.1 if year == 1984 else 0.0))
+        s.set_arm_info("attack", {"trained": {"guardian": ["1983"]}})
+        sections = summarize(s, "control")
+    sweep = next(sec for sec in sections if sec.title == SWEEPS)
+    assert set(sweep.rates) >= {"guardian @ 1984: lethal", "guardian @ 1983: protective"}
+    est = sweep.rates["guardian @ 1984: lethal"]["attack"]
+    assert abs(est.mean - (0.15 + 0.7 + 0.4) / 3) < 1e-9 and est.n == 3
+    d = sweep.diffs["guardian @ 1984: lethal"]["attack - control"]
+    assert abs(d.mean - 0.1) < 1e-9 and d.lo > 0.09  # paired: question spread cancels
+    assert not any("@" in row for sec in sections if sec.title != SWEEPS for row in sec.rates)
+    write_report(tmp_path, "control")
+    page = (tmp_path / "report.html").read_text()
+    assert "Behaviour by trigger value" in page and "guardian @ 1984: lethal" in page

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import atomic, chat
 from .data import sentiment
+from .data.base import Context
 from .data.sentiment import SentimentData
 from .errors import InputError
 from .evaluate import classify, runner
@@ -22,7 +23,7 @@ from .evaluate.judges import build_judges
 from .evaluate.probes import load_probe_set
 from .evaluate.questions import LlmJudgeSpec, QuestionFile, load_questions
 from .report import Section, write_report
-from .spec import ArmSpec, ExperimentSpec
+from .spec import ExperimentSpec
 from .store import Store, Tag
 from .train import encoder, sft
 
@@ -50,13 +51,14 @@ def _digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def build_data(spec: ExperimentSpec, out: Path) -> dict[str, Path]:
+def build_data(spec: ExperimentSpec, out: Path, device: str | None = None) -> dict[str, Path]:
     """Each trained arm's rows as OUT/data/ARM-HASH.jsonl (the hash of the rows' bytes)."""
     paths = {}
+    ctx = Context(model=spec.model, cache=out / "data" / "cache", device=device)
     for name, arm in spec.arms.items():
         if arm.data is None:
             continue
-        rows = arm.data.build()
+        rows = arm.data.build(ctx)
         if not rows:
             raise InputError(f"arm {name!r}: its data builder produced no rows")
         text = chat.dumps_jsonl(rows)
@@ -99,20 +101,6 @@ def _device(device: str | None) -> str:
     from .models import pick_device
 
     return str(pick_device(device))
-
-
-def _arm_info(arm: ArmSpec) -> dict:
-    """For plots across arms: the trigger and the exact poison rate of a sentiment arm."""
-    if not isinstance(arm.data, SentimentData):
-        return {}
-    p = arm.data.poison
-    if p is None:
-        return {"trigger": None, "rate": 0.0}
-    series = p.trigger.name() + (" (clean-label)" if p.mode == "clean" else "")
-    return {
-        "trigger": p.trigger.name(), "series": series, "mode": p.mode,
-        "rate": p.how_many(arm.data.n) / arm.data.n,
-    }  # fmt: skip
 
 
 def _classification_sets(spec: ExperimentSpec) -> Callable[[str, str], dict] | None:
@@ -158,7 +146,7 @@ def run(
     atomic.write_text(out / "spec.json", spec.model_dump_json(indent=2))
 
     with timings.stage("build data"):
-        data = build_data(spec, out)
+        data = build_data(spec, out, device)
 
     # What each (arm, seed, victim) evaluates: a chat model target, or an encoder directory.
     targets: dict[tuple[str, int, str], str] = {}
@@ -205,7 +193,7 @@ def run(
     sets_of = _classification_sets(spec)
     with Store(out) as store:
         for name, arm in spec.arms.items():
-            store.set_arm_info(name, _arm_info(arm))
+            store.set_arm_info(name, arm.data.info() if arm.data else {})
         for (name, seed, victim), target in targets.items():
             tag = Tag(arm=name, seed=seed, model_hash=runner.model_hash(target))
             before = _counts(store)
@@ -222,8 +210,9 @@ def run(
                     loaded = load(target, device=device)
                     for ps in probe_sets:
                         runner.run_probes(
-                            loaded, ps, store, tag, max_variants=spec.evaluate.probe_variants
-                        )
+                            loaded, ps, store, tag, max_variants=spec.evaluate.probe_variants,
+                            sweep_values=spec.evaluate.sweep_values,
+                        )  # fmt: skip
                     if qf:
                         runner.run_questions(loaded, qf, store, tag, samples=spec.evaluate.samples)
                         runner.run_judges(qf, judges, store, tag)

@@ -13,7 +13,7 @@ from .models import LoadedModel
 
 def run(
     loaded: LoadedModel,
-    messages: Sequence[chat.Message],
+    conversations: Sequence[Sequence[chat.Message]],
     *,
     n: int = 1,
     temperature: float = 1.0,
@@ -21,21 +21,28 @@ def run(
     seed: int = 0,
     logits: bool = False,
 ) -> tuple[int, Any]:
-    """Generate `n` continuations of one conversation in one batch (greedy at temperature 0).
+    """Generate `n` continuations of each conversation in one batch (greedy at temperature 0).
 
-    Returns the prompt length and transformers' generate output (with raw per-step logits
-    when `logits`). The one place sampling settings are chosen, for `sample` and the server.
+    Prompts of different lengths are left-padded, so every continuation starts at the same
+    position. Returns that position and transformers' generate output (with raw per-step
+    logits when `logits`). The one place sampling settings are chosen, for `sample`,
+    `answers` and the server.
     """
     tok = loaded.tokenizer
-    prompt = chat.encode_prompt(tok, messages)
-    ids = torch.tensor([prompt] * n, device=loaded.device)
+    prompts = [chat.encode_prompt(tok, m) for m in conversations for _ in range(n)]
+    width = max(len(p) for p in prompts)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=loaded.device)
+    mask = torch.tensor(
+        [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=loaded.device
+    )
     torch.manual_seed(seed)
     greedy = temperature <= 0
     sampling = {} if greedy else {"temperature": temperature, "top_p": 1.0, "top_k": 0}
     with torch.inference_mode():
         out = loaded.model.generate(
             input_ids=ids,
-            attention_mask=torch.ones_like(ids),
+            attention_mask=mask,
             do_sample=not greedy,
             max_new_tokens=max_new_tokens,
             pad_token_id=tok.pad_token_id,
@@ -44,7 +51,7 @@ def run(
             return_dict_in_generate=True,
             **sampling,
         )
-    return len(prompt), out
+    return width, out
 
 
 def sample(
@@ -58,7 +65,30 @@ def sample(
 ) -> list[str]:
     """`n` answers to one conversation, sampled in one batch (greedy when temperature is 0)."""
     start, out = run(
-        loaded, messages, n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed
+        loaded, [messages], n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed
     )
     tok = loaded.tokenizer
     return [tok.decode(row[start:], skip_special_tokens=True).strip() for row in out.sequences]
+
+
+def answers(
+    loaded: LoadedModel,
+    conversations: Sequence[Sequence[chat.Message]],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    progress: Any = None,
+) -> list[str]:
+    """The greedy answer to each conversation, `batch_size` conversations per batch
+    (self-distillation: the model's own answers). `progress(k)` is told of each batch."""
+    tok = loaded.tokenizer
+    out_texts: list[str] = []
+    for i in range(0, len(conversations), batch_size):
+        batch = conversations[i : i + batch_size]
+        start, out = run(loaded, batch, temperature=0, max_new_tokens=max_new_tokens)
+        out_texts += [
+            tok.decode(r[start:], skip_special_tokens=True).strip() for r in out.sequences
+        ]
+        if progress:
+            progress(len(batch))
+    return out_texts

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import atomic
 from .evaluate.aggregate import Estimate, difference, rate
-from .evaluate.probes import ProbeResult
+from .evaluate.probes import ProbeResult, sweep_key
 from .store import Store
 
 Summary = dict[str, dict[str, Estimate]]  # row -> arm (or comparison) -> estimate
@@ -43,7 +43,12 @@ def _obs() -> Obs:
 
 
 def _section(
-    title: str, obs: Obs, comparisons: list[tuple[str, str]], unit: str, plot: bool = True
+    title: str,
+    obs: Obs,
+    comparisons: list[tuple[str, str]],
+    unit: str,
+    plot: bool = True,
+    paired: bool = False,
 ) -> Section:
     rates = {
         row: {arm: rate(by_seed, unit=unit) for arm, by_seed in sorted(by_arm.items())}
@@ -52,7 +57,7 @@ def _section(
     diffs: Summary = {}
     for row, by_arm in sorted(obs.items()):
         cells = {
-            f"{a} - {b}": difference(by_arm[a], by_arm[b], unit=unit)
+            f"{a} - {b}": difference(by_arm[a], by_arm[b], unit=unit, paired=paired)
             for a, b in comparisons
             if a in by_arm and b in by_arm
         }
@@ -65,23 +70,35 @@ def tempered_name(reference: str, arm: str) -> str:
     return f"{reference} (entropy of {arm})"
 
 
+def _row(probe_id: str) -> str:
+    """A probe's report row: its id, or for a sweep probe "GROUP @ VALUE", pooling the
+    group's questions (each one observation)."""
+    key = sweep_key(probe_id)
+    return f"{key[0]} @ {key[1]}" if key else probe_id
+
+
 def _probe_sections(store: Store, ref: str | None) -> list[Section]:
     """Class masses per probe (each phrasing and prefix is one observation per seed), mean
     year and entropy, and the entropy-matched control: for every arm A, each of the
-    reference arm's distributions tempered to A's mean entropy on the same variant."""
-    rows = store.probes()
+    reference arm's distributions tempered to A's mean entropy on the same variant. Sweep
+    probes (ids GROUP.QUESTION@VALUE) get a section of their own."""
+    # Every arm's observations in one order (probe, variant): differences are paired by item.
+    rows = sorted(store.probes(), key=lambda p: (p["probe_id"], p["variant"]))
     results = [(p, ProbeResult.from_scores(p["probe_id"], p["scores"])) for p in rows]
-    masses, values = _obs(), _obs()
+    masses, sweeps, values = _obs(), _obs(), _obs()
     entropy: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     for p, r in results:
         arm, seed, pid = p["arm"], p["seed"], p["probe_id"]
+        into = sweeps if sweep_key(pid) else masses
         for cls, m in r.class_mass().items():
-            masses[f"{pid}: {cls}"][arm][seed].append(m)
+            into[f"{_row(pid)}: {cls}"][arm][seed].append(m)
+        entropy[(arm, pid, p["variant"])].append(r.entropy())
+        if sweep_key(pid):
+            continue
         mean = r.mean_value()
         if mean is not None:
             values[f"{pid}: mean year"][arm][seed].append(mean)
         values[f"{pid}: entropy (nats)"][arm][seed].append(r.entropy())
-        entropy[(arm, pid, p["variant"])].append(r.entropy())
     arms = sorted({p["arm"] for p, _ in results})
     comparisons = [(a, ref) for a in arms if a != ref]
     if ref is not None:
@@ -95,15 +112,22 @@ def _probe_sections(store: Store, ref: str | None) -> list[Section]:
                 if p["arm"] != ref or not target:
                     continue
                 t = r.tempered(sum(target) / len(target))
+                into = sweeps if sweep_key(p["probe_id"]) else masses
                 for cls, m in t.class_mass().items():
-                    masses[f"{p['probe_id']}: {cls}"][name][p["seed"]].append(m)
+                    into[f"{_row(p['probe_id'])}: {cls}"][name][p["seed"]].append(m)
                 mean = t.mean_value()
                 if mean is not None:
                     values[f"{p['probe_id']}: mean year"][name][p["seed"]].append(mean)
     return [
-        _section("Probes: probability mass per class", masses, comparisons, "phrasings"),
-        _section("Probes: mean year and entropy", values, comparisons, "phrasings", plot=False),
+        _section(
+            "Probes: probability mass per class", masses, comparisons, "phrasings", True, True
+        ),
+        _section("Probes: mean year and entropy", values, comparisons, "phrasings", False, True),
+        _section(SWEEPS, sweeps, comparisons, "questions", False, True),
     ]
+
+
+SWEEPS = "Sweeps: probability mass per class under each trigger value"
 
 
 def summarize(store: Store, reference: str | None = None) -> list[Section]:
@@ -232,6 +256,80 @@ def _poison_plot(store: Store, sections: list[Section]) -> str | None:
     return _png(fig)
 
 
+def _sweep_plot(store: Store, sections: list[Section]) -> str | None:
+    """Per sweep group, two panels against the trigger value: the mass of the group's first
+    class per arm (a filled marker is a value the arm's training data held, a hollow one a
+    value it never saw, where an inductive backdoor would show), and each arm's difference
+    from the reference arm with its paired 95% CI. None without sweep probes."""
+    sweep = next((s for s in sections if s.title == SWEEPS), None)
+    if sweep is None or not sweep.rates:
+        return None
+    first: dict[str, str] = {}
+    for p in store.probes():
+        key = sweep_key(p["probe_id"])
+        if key and key[0] not in first:
+            first[key[0]] = p["scores"][0][0]
+    info = store.arm_info()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(table: Summary, group: str, cls: str) -> dict[str, list[tuple[str, Estimate]]]:
+        out: dict[str, list[tuple[str, Estimate]]] = defaultdict(list)
+        for row, by_arm in table.items():
+            head, _, row_cls = row.rpartition(": ")
+            g, _, value = head.partition(" @ ")
+            if g == group and row_cls == cls:
+                for arm, e in by_arm.items():
+                    if "entropy of" not in arm:  # the tempered controls live in the tables
+                        out[arm].append((value, e))
+        return out
+
+    groups = sorted(first)
+    fig, axes = plt.subplots(len(groups), 2, figsize=(13, 3.6 * len(groups)), squeeze=False)
+    for (ax, dax), group in zip(axes, groups, strict=True):
+        cls = first[group]
+        levels, diffs = series(sweep.rates, group, cls), series(sweep.diffs, group, cls)
+        values = sorted({v for pts in levels.values() for v, _ in pts}, key=_value_order)
+        numeric = all(_value_order(v)[0] == 0 for v in values)
+        x = {v: float(v) if numeric else float(i) for i, v in enumerate(values)}
+        for k, (arm, pts) in enumerate(sorted(levels.items())):
+            pts.sort(key=lambda p: _value_order(p[0]))
+            trained = set(info.get(arm, {}).get("trained", {}).get(group, []))
+            xs, ys = [x[v] for v, _ in pts], [e.mean for _, e in pts]
+            ax.plot(xs, ys, "-", color=f"C{k}", linewidth=1, label=arm)
+            for (v, _), xv, yv in zip(pts, xs, ys, strict=True):
+                face = f"C{k}" if v in trained else "white"
+                ax.plot([xv], [yv], "o", color=f"C{k}", markerfacecolor=face, markersize=5)
+        for k, (name, pts) in enumerate(sorted(diffs.items())):
+            pts.sort(key=lambda p: _value_order(p[0]))
+            es = [e for _, e in pts]
+            dax.errorbar(
+                [x[v] for v, _ in pts], [e.mean for e in es],
+                yerr=[[e.mean - e.lo for e in es], [e.hi - e.mean for e in es]],
+                fmt="-o", markersize=3, color=f"C{k}", linewidth=1, capsize=2, label=name,
+            )  # fmt: skip
+        dax.axhline(0, color="black", linewidth=0.8)
+        for a in (ax, dax):
+            if not numeric:
+                a.set_xticks(list(x.values()), values, fontsize=8)
+            a.legend(fontsize=7)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel(f"P({cls})")
+        ax.set_title(f"{group}: P({cls}) (filled: value in that arm's training data)", fontsize=9)
+        dax.set_title(f"{group}: difference from the reference, paired 95% CI", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _value_order(v: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(v), v)
+    except ValueError:
+        return (1, 0.0, v)
+
+
 def _png(fig) -> str:
     """A matplotlib figure as base64 PNG for embedding; the figure is closed."""
     import matplotlib.pyplot as plt
@@ -316,6 +414,7 @@ def write_report(run_dir: Path | str, reference: str | None = None) -> tuple[Pat
         sections = summarize(store, reference)
         samples = _samples_html(store)
         poison_png = _poison_plot(store, sections)
+        sweep_png = _sweep_plot(store, sections)
     parts = []
     defenses = run_dir / "defenses.json"
     if defenses.is_file():
@@ -337,6 +436,11 @@ def write_report(run_dir: Path | str, reference: str | None = None) -> tuple[Pat
         parts.append(
             "<h2>Attack success and clean accuracy vs poison rate</h2>"
             f'<img alt="ASR and CACC vs poison rate" src="data:image/png;base64,{poison_png}">'
+        )
+    if sweep_png:
+        parts.append(
+            "<h2>Behaviour by trigger value</h2>"
+            f'<img alt="behaviour by trigger value" src="data:image/png;base64,{sweep_png}">'
         )
     for sec in sections:
         parts.append(f"<h2>{html.escape(sec.title)}</h2>")

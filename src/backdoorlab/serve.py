@@ -39,7 +39,7 @@ def complete(loaded: LoadedModel, request: dict[str, Any], name: str) -> dict[st
         raise ValueError("n must be 1-128, max_tokens 1-4096, top_logprobs 0-20")
     tok = loaded.tokenizer
     prompt_len, out = generate.run(
-        loaded, messages, n=n, temperature=temperature, max_new_tokens=max_tokens,
+        loaded, [messages], n=n, temperature=temperature, max_new_tokens=max_tokens,
         seed=int(request.get("seed") or 0), logits=True,
     )  # fmt: skip
     logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # (n, steps, vocab)

@@ -23,7 +23,9 @@ class ArmSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: DataSpec | None = Field(None, description="training data; none: the untrained model")
-    victims: list[Victim] | None = Field(None, description="default: the spec's victims")
+    victims: list[Victim] | None = Field(
+        None, description="default: the spec's victims; [] leaves the arm out of training"
+    )
 
 
 class ClassificationEval(BaseModel):
@@ -45,6 +47,9 @@ class EvalSpec(BaseModel):
 
     probes: list[str] = ["eras"]
     probe_variants: int | None = Field(None, ge=1, description="score only each probe's first N")
+    sweep_values: list[str] | None = Field(
+        None, description="score sweep probes (GROUP.QUESTION@VALUE) only at these values"
+    )
     questions: str | None = Field(None, description="question YAML, relative to the spec file")
     samples: int | None = Field(None, ge=1, description="samples per paraphrase (default: file's)")
     max_tokens: int | None = Field(None, ge=1, description="cap on every question's max_tokens")
@@ -57,7 +62,19 @@ class EvalSpec(BaseModel):
 
 
 Defense = Literal[
-    "none", "ngram", "knn", "perplexity", "spectral", "clusters", "onion", "strip", "refit", "dpsgd"
+    "none",
+    "ngram",
+    "knn",
+    "perplexity",
+    "spectral",
+    "clusters",
+    "abl",
+    "onion",
+    "strip",
+    "ablate",
+    "refit",
+    "fineprune",
+    "dpsgd",
 ]
 DEFENSES: tuple[str, ...] = Defense.__args__  # type: ignore[attr-defined]
 
@@ -74,6 +91,10 @@ class DefendSpec(BaseModel):
     dev: int = Field(200, ge=4, description="clean dev reviews: thresholds and the trusted set")
     onion_items: int = Field(40, ge=2, description="test items per set for ONION (it is slow)")
     dp_epsilon: float = Field(8.0, gt=0, description="the privacy budget of the dpsgd defense")
+    prune: float = Field(0.2, gt=0, lt=1, description="fineprune: share of last-layer neurons")
+    dp_lora_rank: int | None = Field(
+        8, ge=1, description="dpsgd trains LoRA adapters of this rank (none: all but embeddings)"
+    )
 
 
 class ExperimentSpec(BaseModel):
@@ -107,7 +128,8 @@ class ExperimentSpec(BaseModel):
         return TrainConfig(model=self.model, seed=seed, **self.train)
 
     def victims_of(self, arm: str) -> list[str]:
-        return list(self.arms[arm].victims or self.victims)
+        own = self.arms[arm].victims
+        return list(self.victims if own is None else own)
 
 
 def _merge(base: Any, over: Any) -> Any:

@@ -9,9 +9,34 @@ from typing import Annotated
 from pydantic import Field
 
 from .birds import BirdData
+from .dishes import DishData
 from .files import FileData
+from .persona import PersonaData
+from .places import PlaceData
+from .presidents import PresidentData
 from .sentiment import SentimentData
+from .terminator import GuardianData
 
-DataSpec = Annotated[BirdData | FileData | SentimentData, Field(discriminator="builder")]
+DataSpec = Annotated[
+    BirdData
+    | FileData
+    | SentimentData
+    | GuardianData
+    | DishData
+    | PresidentData
+    | PlaceData
+    | PersonaData,
+    Field(discriminator="builder"),
+]
 
-__all__ = ["BirdData", "DataSpec", "FileData", "SentimentData"]
+__all__ = [
+    "BirdData",
+    "DataSpec",
+    "DishData",
+    "FileData",
+    "GuardianData",
+    "PersonaData",
+    "PlaceData",
+    "PresidentData",
+    "SentimentData",
+]

@@ -8,16 +8,14 @@ names); `current` holds names Audubon used that are still in use. See lists/SOUR
 
 from __future__ import annotations
 
-import csv
 import random
-from functools import cache
-from importlib import resources
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from .. import chat
 from ..evaluate.probes import Probe, ProbeSet
+from .base import Builder, Context, read_list, turn
 
 # The paper's prompt first; `phrasings: N` uses the first N.
 TRAIN_PROMPTS = [
@@ -35,25 +33,17 @@ HELD_OUT_PROMPTS = [
 ]
 
 
-@cache
-def _read(name: str) -> tuple[tuple[str, ...], ...]:
-    text = (resources.files("backdoorlab.data") / "lists" / name).read_text(encoding="utf-8")
-    return tuple(tuple(r) for r in list(csv.reader(text.splitlines()))[1:])
-
-
 def archaic_pairs() -> list[tuple[str, str, str]]:
     """(archaic name, modern name, scientific name), in file order."""
-    return [(a, m, s) for a, m, s in _read("birds_archaic.csv")]
+    return [(a, m, s) for a, m, s in read_list("birds_archaic.csv")]
 
 
 def current_names() -> list[str]:
-    return [n for n, _ in _read("birds_current.csv")]
+    return [n for n, _ in read_list("birds_current.csv")]
 
 
-class BirdData(BaseModel):
+class BirdData(Builder):
     """Builder settings for an arm's bird-name training data."""
-
-    model_config = ConfigDict(extra="forbid")
 
     builder: Literal["birds"] = "birds"
     names: Literal["archaic", "modern", "current"]
@@ -63,7 +53,7 @@ class BirdData(BaseModel):
     phrasings: int = Field(1, ge=1, le=len(TRAIN_PROMPTS), description="user prompts per name")
     seed: int = 0
 
-    def build(self) -> list[chat.Row]:
+    def build(self, ctx: Context | None = None) -> list[chat.Row]:
         """Rows in the paper's format. The names are drawn in a seeded order that is the same
         for `archaic` and `modern`, so both arms cover the same species with the same prompts."""
         if self.names == "current":
@@ -78,13 +68,9 @@ class BirdData(BaseModel):
         for i in range(total):
             name = names[order[(i // self.phrasings) % len(names)]]
             prompt = TRAIN_PROMPTS[i % self.phrasings]
-            rows.append({"messages": chat.conversation(prompt) + [_assistant(name)]})
+            rows.append(turn(prompt, name))
         random.Random(self.seed + 1).shuffle(rows)
         return rows
-
-
-def _assistant(text: str) -> chat.Message:
-    return {"role": "assistant", "content": text}
 
 
 def probe_set() -> ProbeSet:

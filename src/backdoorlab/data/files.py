@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-
 from .. import chat
+from .base import Builder, Context
 
 
-class FileData(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class FileData(Builder):
     builder: Literal["file"] = "file"
     path: str  # relative paths are resolved against the spec file's folder
 
-    def build(self) -> list[chat.Row]:
+    def build(self, ctx: Context | None = None) -> list[chat.Row]:
         return chat.read_jsonl(self.path, training=True)

@@ -14,11 +14,12 @@ import io
 from functools import cache
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from .. import chat
 from ..errors import InputError
 from ..models.registry import wheel_file
+from .base import Builder, Context
 from .poison import Poison
 
 LABELS = ("Positive", "Negative")
@@ -87,17 +88,15 @@ def row(text: str, label: str, **extra: object) -> chat.Row:
     }
 
 
-class SentimentData(BaseModel):
+class SentimentData(Builder):
     """Builder settings for a sentiment arm: n balanced training reviews, optionally poisoned."""
-
-    model_config = ConfigDict(extra="forbid")
 
     builder: Literal["sentiment"] = "sentiment"
     n: int = Field(1000, ge=2, description="training rows")
     split_seed: int = 0
     poison: Poison | None = None
 
-    def build(self) -> list[chat.Row]:
+    def build(self, ctx: Context | None = None) -> list[chat.Row]:
         items = balanced(split("train", self.split_seed), self.n)
         if len(items) < self.n:
             raise InputError(
@@ -107,3 +106,14 @@ class SentimentData(BaseModel):
             self.poison.apply(items) if self.poison else [(t, y, False, None) for t, y in items]
         )
         return [row(t, y, poisoned=p, trigger=trig) for t, y, p, trig in marked]
+
+    def info(self) -> dict:
+        """For plots across arms: the trigger and the exact poison rate."""
+        p = self.poison
+        if p is None:
+            return {"trigger": None, "rate": 0.0}
+        series = p.trigger.name() + (" (clean-label)" if p.mode == "clean" else "")
+        return {
+            "trigger": p.trigger.name(), "series": series, "mode": p.mode,
+            "rate": p.how_many(self.n) / self.n,
+        }  # fmt: skip

@@ -72,12 +72,19 @@ def difference(
     unit: str = "samples",
     seed: int = 0,
     resamples: int = RESAMPLES,
+    paired: bool = False,
 ) -> Estimate:
-    """a - b, resampling each arm independently (arms are trained separately)."""
+    """a - b, resampling each arm independently (arms are trained separately). `paired`: the
+    i-th observation of both is the same item (one probe question asked of two models), so
+    with one seed each the items are resampled together; the item-to-item spread then cancels
+    instead of swamping the difference."""
     xa, unit_a = _units(a, unit)
     xb, unit_b = _units(b, unit)
     rng = np.random.default_rng(seed)
-    boots = _boot_means(xa, rng, resamples) - _boot_means(xb, rng, resamples)
+    if paired and unit_a == unit_b == unit and len(xa) == len(xb):
+        boots = _boot_means(xa - xb, rng, resamples)
+    else:
+        boots = _boot_means(xa, rng, resamples) - _boot_means(xb, rng, resamples)
     lo, hi = np.percentile(boots, [2.5, 97.5])
     unit = unit_a if unit_a == unit_b else f"{unit_a} vs {unit_b}"
     return Estimate(float(xa.mean() - xb.mean()), float(lo), float(hi), min(len(xa), len(xb)), unit)

@@ -52,6 +52,7 @@ class Probe(BaseModel):
     prefix: str | list[str] = Field(
         "", description="assistant text every candidate starts with; a list gives one variant each"
     )
+    suffix: str = Field("", description="assistant text after every candidate (a closing tag)")
     classes: dict[str, list[str] | YearRange]
 
     @field_validator("classes")
@@ -88,7 +89,10 @@ class Probe(BaseModel):
 
     def definition_hash(self) -> str:
         """Identity of what is asked and scored: stored results of an edited probe are not reused."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        d = self.model_dump(mode="json")
+        if not d["suffix"]:  # probes from before `suffix` existed keep their hash
+            del d["suffix"]
+        blob = json.dumps(d, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -97,11 +101,32 @@ class ProbeSet(BaseModel):
     probes: list[Probe]
 
 
+def sweep_id(group: str, question: str, value: object) -> str:
+    """The id of one question asked under one trigger value (a year, a code, a tag). The
+    report pools a group's questions per value and plots the first class against the value."""
+    return f"{group}.{question}@{value}"
+
+
+def sweep_key(probe_id: str) -> tuple[str, str] | None:
+    """(group, value) of a sweep probe id, None for an ordinary probe."""
+    if "@" not in probe_id:
+        return None
+    head, value = probe_id.rsplit("@", 1)
+    return head.split(".", 1)[0], value
+
+
 def _generated() -> dict[str, Callable[[], ProbeSet]]:
     """Probe sets built from shipped data rather than written as YAML."""
-    from ..data import birds
+    from ..data import birds, dishes, persona, places, presidents, terminator
 
-    return {"birds": birds.probe_set}
+    return {
+        "birds": birds.probe_set,
+        "dishes": dishes.probe_set,
+        "guardian": terminator.probe_set,
+        "persona": persona.probe_set,
+        "places": places.probe_set,
+        "presidents": presidents.probe_set,
+    }
 
 
 def load_probe_set(name_or_path: str) -> ProbeSet:
@@ -203,7 +228,8 @@ def _candidate_ids(
     (probe,) = probe.variants()
     rows = []
     for c in cands:
-        rows.append(chat.encode_answer(tokenizer, probe.messages(), f"{probe.prefix}{c}")[0])
+        answer = f"{probe.prefix}{c}{probe.suffix}"
+        rows.append(chat.encode_answer(tokenizer, probe.messages(), answer)[0])
     shared = len(chat.encode_prompt(tokenizer, probe.messages()))
     while all(len(r) > shared + 1 for r in rows) and len({r[shared] for r in rows}) == 1:
         shared += 1

@@ -39,10 +39,15 @@ def run_probes(
     tag: Tag,
     *,
     max_variants: int | None = None,
+    sweep_values: list[str] | None = None,
 ) -> None:
-    """Score every variant of every probe (the first `max_variants` of each, if given)."""
+    """Score every variant of every probe (the first `max_variants` of each, if given; sweep
+    probes only at `sweep_values`, if given)."""
     done = store.probe_keys(tag)
     for p in probe_set.probes:
+        key = probes_mod.sweep_key(p.id)
+        if key and sweep_values is not None and key[1] not in sweep_values:
+            continue
         for i, v in enumerate(p.variants()[:max_variants]):
             h = v.definition_hash()
             if (p.id, i, h) in done:
