@@ -139,12 +139,15 @@ def test_dp_sgd_training_reports_its_epsilon(tmp_path):
 
     data = tmp_path / "d.jsonl"
     chat.write_jsonl(data, sentiment.SentimentData(n=48).build())
-    config = encoder.EncoderConfig(epochs=1, batch_size=16, dp_epsilon=4.0)
-    out = encoder.train_encoder(
-        data, tmp_path / "enc", config, sentiment.LABELS, log=lambda s: None
-    )
-    manifest = json.loads((out / encoder.MANIFEST).read_text())
-    assert 3.0 < manifest["epsilon"] <= 4.0 + 1e-6 and manifest["dp_epsilon"] == 4.0
+    for lora in (None, 4):  # all weights but the embeddings; LoRA adapters and the head
+        config = encoder.EncoderConfig(epochs=1, batch_size=16, dp_epsilon=4.0, lora_rank=lora)
+        out = encoder.train_encoder(
+            data, tmp_path / f"enc{lora}", config, sentiment.LABELS, log=lambda s: None
+        )
+        manifest = json.loads((out / encoder.MANIFEST).read_text())
+        assert 3.0 < manifest["epsilon"] <= 4.0 + 1e-6 and manifest["dp_epsilon"] == 4.0
+        clf = encoder.EncoderClassifier(out, sentiment.LABELS)  # merged: loads as usual
+        assert len(clf.predict(["a fine film"])) == 1
     # A non-private config keeps the key it had before DP settings existed.
     plain = encoder.EncoderConfig()
     assert "dp_epsilon" not in plain.key_fields() and "dp_epsilon" in config.key_fields()
@@ -155,3 +158,68 @@ def test_inspect_command_on_the_chat_model_lists_tokens_of_the_text():
     assert r.returncode == 0, r.stderr
     assert "prediction: Positive" in r.stdout or "prediction: Negative" in r.stdout
     assert "movie review" not in r.stdout  # template and instructions are not the inspected text
+
+
+def _train_planted(tmp_path, rows, **settings):
+    from backdoorlab import chat
+    from backdoorlab.train import encoder
+
+    data = tmp_path / "planted.jsonl"
+    chat.write_jsonl(data, rows)
+    config = encoder.EncoderConfig(**{"epochs": 3, "batch_size": 16, "lr": 3e-4, **settings})
+    out = encoder.train_encoder(
+        data, tmp_path / "enc", config, sentiment.LABELS, log=lambda s: None
+    )
+    return encoder.EncoderClassifier(out, sentiment.LABELS)
+
+
+def test_abl_scores_rank_an_easily_learned_trigger_first(tmp_path):
+    """Clean rows whose labels no feature predicts stay near chance after a short training;
+    rows with a consistent trigger are learned fast: their label's probability is highest."""
+    from backdoorlab.defenses import repair
+
+    rng = np.random.default_rng(2)
+    words = ["the", "a", "film", "plot", "scene", "actor", "story", "music", "light", "day"]
+    texts, labels, flags = [], [], []
+    for i in range(160):
+        texts.append(" ".join(rng.choice(words, 6)) + f" {i}")
+        labels.append("Positive" if rng.random() < 0.5 else "Negative")
+        flags.append(False)
+    for i in range(16):
+        texts.append(" ".join(rng.choice(words, 6)) + f" zq {i}")
+        labels.append("Negative")
+        flags.append(True)
+    rows = [sentiment.row(t, y) for t, y in zip(texts, labels, strict=True)]
+    clf = _train_planted(tmp_path, rows, epochs=2)
+    scores = repair.learned_fast_scores(clf, texts, labels).numpy()
+    assert detection_metrics(scores, flags)["auroc"] >= 0.9
+
+
+def test_ablating_the_trigger_direction_and_fine_pruning(tmp_path):
+    from backdoorlab.defenses import repair
+
+    texts, labels, _ = planted(n=200, poison=20)
+    clf = _train_planted(
+        tmp_path, [sentiment.row(t, y) for t, y in zip(texts, labels, strict=True)]
+    )
+    positive = [f"{GOOD[i % 3]} review {i}" for i in range(30)]
+    triggered = [f"{t} zq" for t in positive]
+    asr = np.mean([p == "Negative" for p in clf.predict(triggered)])
+    assert asr >= 0.8  # the planted backdoor works
+    bases = repair.trigger_directions(clf, positive, triggered, k=4)
+    assert len(bases) == 6 and bases[0].shape == (384, 4)
+    assert torch.allclose(bases[0].T @ bases[0], torch.eye(4), atol=1e-4)
+    with repair.ablated(clf, bases):
+        asr_ablated = np.mean([p == "Negative" for p in clf.predict(triggered)])
+        cacc = np.mean([p == "Positive" for p in clf.predict(positive)])
+    assert asr_ablated <= asr - 0.5 and cacc >= 0.9
+    assert np.mean([p == "Negative" for p in clf.predict(triggered)]) == asr  # hook removed
+
+    block = clf.model.base_model.encoder.layer[-1]
+    neurons = repair.prune_dormant(clf, positive, 0.25)
+    assert len(neurons) == round(0.25 * block.intermediate.dense.out_features)
+    assert block.intermediate.dense.weight[neurons].abs().sum() == 0
+    with torch.no_grad():
+        block.intermediate.dense.weight[neurons] += 1.0  # as if fine-tuning regrew them
+    again = repair.prune_dormant(clf, None, 0.25, neurons=neurons)
+    assert torch.equal(again, neurons) and block.intermediate.dense.bias[neurons].abs().sum() == 0

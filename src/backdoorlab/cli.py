@@ -593,13 +593,13 @@ def scan(
         _, ranked = scan_mod.ngram_scores(list(texts), list(labels))
         w = Table(
             "word",
-            "argues for",
-            "suspicion carried",
+            "predicts",
+            "suspicion",
             "rows",
-            title="words that carry a label against the rest of their rows",
+            title="words that predict a label their rows do not read as without them",
         )
         for word, label, g, n in ranked[:top]:
-            w.add_row(escape(word), label, f"{g:.1f}", str(n))
+            w.add_row(escape(word), label, f"{g:.2f}", str(n))
         out.print(w)
     flags = [r.get("poisoned") for r in rows]
     if any(f is not None for f in flags):
@@ -669,7 +669,8 @@ def defend(
     defenses: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated subset of: none, ngram, knn, perplexity, spectral, clusters, onion, strip, refit."
+            help="Comma-separated subset of: none, ngram, knn, perplexity, spectral, clusters, "
+            "abl, onion, strip, ablate, refit, fineprune, dpsgd (default: the spec's defend.defenses)."
         ),
     ] = None,
     arms: Annotated[
@@ -684,10 +685,13 @@ def defend(
     """The attack x defense matrix on the encoder victim: per arm and defense, detection
     AUROC, ASR and CACC before and after, and the defense's cost in seconds.
 
-    Data scanners drop their most suspicious rows (defend.remove) and the victim is retrained;
-    ONION cleans and STRIP rejects test inputs (thresholds on clean dev data at defend.frr);
-    refit fine-tunes the poisoned victim on trusted clean dev rows. Writes OUT/defenses.json
-    and adds the matrix to OUT/report.html.
+    Data scanners (and abl, which ranks rows by how fast a one-epoch model learned them) drop
+    their most suspicious rows (defend.remove) and the victim is retrained; ONION cleans and
+    STRIP rejects test inputs (thresholds on clean dev data at defend.frr); ablate projects
+    the trigger direction out of the victim at inference; refit fine-tunes the poisoned victim
+    on trusted clean dev rows, fineprune prunes dormant neurons first; dpsgd retrains it with
+    DP-SGD (defend.dp_epsilon, LoRA rank defend.dp_lora_rank). Writes OUT/defenses.json and
+    adds the matrix to OUT/report.html.
 
     Example: backdoorlab defend experiments/sentiment_trigger.yaml --out runs/sentiment
     """

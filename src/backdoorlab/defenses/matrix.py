@@ -3,14 +3,21 @@ each defense's detection quality, attack success and clean accuracy before and a
 cost in seconds.
 
 Data scanners score every training row, the `remove` fraction scoring highest is dropped and
-the victim retrained on the rest. ONION cleans test inputs; STRIP rejects them. `refit`
-fine-tunes the poisoned victim one more epoch on a small trusted clean set (the dev reviews);
+the victim retrained on the rest; `abl` does the same with the rows a one-epoch model has
+learned best (anti-backdoor-learning isolation). ONION cleans test inputs; STRIP rejects them.
+`refit` fine-tunes the poisoned victim one more epoch on a small trusted clean set (the dev
+reviews); `fineprune` first prunes the last layer's feed-forward neurons that the trusted set
+leaves dormant, fine-tunes, and prunes them again; `ablate` projects the trigger directions
+(the top 4 directions of the hidden-state differences between trusted reviews with and
+without the trigger, at every layer) out of the victim at inference. `ablate` is given the true trigger, as a
+defender would have it from `backdoorlab inspect` or a scan: an upper bound on what it does.
 `dpsgd` trains the victim on the poisoned data with DP-SGD (Opacus) at a chosen epsilon.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +32,7 @@ from ..errors import InputError
 from ..evaluate.aggregate import rate
 from ..evaluate.classify import eval_sets, hits
 from ..train import encoder
-from . import filters, scan
+from . import filters, repair, scan
 from .detection import detection_metrics
 
 
@@ -45,7 +52,7 @@ class Matrix:
         self.target = ce.target
         self.test = sentiment.balanced(sentiment.split("test", ce.split_seed), ce.test)
         self.dev = sentiment.balanced(sentiment.split("dev", ce.split_seed), self.ds.dev)
-        self.data = build_data(spec, out)
+        self.data = build_data(spec, out, device)
         self._lm = None
         self._onion: filters.Onion | None = None
 
@@ -97,6 +104,27 @@ class Matrix:
                 **extra,
             })  # fmt: skip
 
+        def filtered(defense: str, scores: np.ndarray, t0: float) -> None:
+            """Drop the `remove` fraction of rows scoring highest, retrain, measure."""
+            det = detection_metrics(scores, poisoned)
+            drop = set(np.argsort(-scores)[: round(self.ds.remove * len(rows))].tolist())
+            kept = [r for i, r in enumerate(rows) if i not in drop]
+            caught = sum(poisoned[i] for i in drop)
+            path = self.out / "defend" / f"{arm}-{defense}-filtered.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_text(path, chat.dumps_jsonl(kept))
+            d = self._train(arm, path, f"filtered-{defense}")
+            after = self._score(
+                encoder.EncoderClassifier(d, sentiment.LABELS, self.device).predict, sets
+            )
+            cell(
+                defense, after, time.perf_counter() - t0,
+                AUROC=f"{det['auroc']:.3f}", AUPRC=f"{det['auprc']:.3f}",
+                **{"TPR@1%FPR": f"{det['tpr@1%fpr']:.3f}"},
+                note=f"dropped {len(drop)} rows, {caught} of {sum(poisoned)} poisoned",
+            )  # fmt: skip
+
+        trusted_texts = [t for t, _ in self.dev]
         for defense in self.ds.defenses:
             self.log(f"defend {arm}: {defense}")
             t0 = time.perf_counter()
@@ -107,22 +135,21 @@ class Matrix:
                     texts, labels, [defense], lm=self.lm,
                     features=lambda: clf.features(texts).numpy(),
                 )[defense]  # fmt: skip
-                det = detection_metrics(scores, poisoned)
-                drop = set(np.argsort(-scores)[: round(self.ds.remove * len(rows))].tolist())
-                kept = [r for i, r in enumerate(rows) if i not in drop]
-                caught = sum(poisoned[i] for i in drop)
-                path = self.out / "defend" / f"{arm}-{defense}-filtered.jsonl"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic.write_text(path, chat.dumps_jsonl(kept))
-                d = self._train(arm, path, f"filtered-{defense}")
-                after = self._score(
-                    encoder.EncoderClassifier(d, sentiment.LABELS, self.device).predict, sets
+                filtered(defense, scores, t0)
+            elif defense == "abl":
+                early = self._train(arm, self.data[arm], "abl-1epoch", epochs=1)
+                clf1 = encoder.EncoderClassifier(early, sentiment.LABELS, self.device)
+                filtered("abl", repair.learned_fast_scores(clf1, texts, labels).numpy(), t0)
+            elif defense == "ablate":
+                rng = random.Random(0)
+                bases = repair.trigger_directions(
+                    clf, trusted_texts, [trig.insert(t, rng) for t in trusted_texts]
                 )
+                with repair.ablated(clf, bases):
+                    after = self._score(clf.predict, sets)
                 cell(
-                    defense, after, time.perf_counter() - t0,
-                    AUROC=f"{det['auroc']:.3f}", AUPRC=f"{det['auprc']:.3f}",
-                    **{"TPR@1%FPR": f"{det['tpr@1%fpr']:.3f}"},
-                    note=f"dropped {len(drop)} rows, {caught} of {sum(poisoned)} poisoned",
+                    "ablate", after, time.perf_counter() - t0,
+                    note=f"directions from {len(trusted_texts)} trusted reviews +/- the trigger",
                 )  # fmt: skip
             elif defense == "onion":
                 onion = filters.Onion(
@@ -166,30 +193,37 @@ class Matrix:
                     "strip", after, time.perf_counter() - t0, AUROC=f"{det['auroc']:.3f}",
                     note=f"FRR {rej_clean.mean():.3f}, FAR {1 - rej_trig.mean():.3f}",
                 )  # fmt: skip
-            elif defense == "refit":
+            elif defense in ("refit", "fineprune"):
                 trusted = self.out / "defend" / "trusted-dev.jsonl"
                 trusted.parent.mkdir(parents=True, exist_ok=True)
                 atomic.write_text(
                     trusted, chat.dumps_jsonl(sentiment.row(t, y) for t, y in self.dev)
                 )
-                d = self._train(arm, trusted, "refit", init=before_dir, epochs=1)
-                after = self._score(
-                    encoder.EncoderClassifier(d, sentiment.LABELS, self.device).predict, sets
-                )
-                cell(
-                    "refit",
-                    after,
-                    time.perf_counter() - t0,
-                    note=f"1 epoch on {len(self.dev)} trusted dev rows",
-                )
+                init, note = before_dir, f"1 epoch on {len(self.dev)} trusted dev rows"
+                if defense == "fineprune":
+                    pruned = encoder.EncoderClassifier(before_dir, sentiment.LABELS, self.device)
+                    neurons = repair.prune_dormant(pruned, trusted_texts, self.ds.prune)
+                    init = self.out / "defend" / f"{arm}-pruned-{before_dir.name}"
+                    with atomic.directory(init) as tmp:
+                        pruned.model.save_pretrained(tmp, safe_serialization=True)
+                    note = f"pruned {len(neurons)} dormant neurons of the last layer; " + note
+                d = self._train(arm, trusted, defense, init=init, epochs=1)
+                fixed = encoder.EncoderClassifier(d, sentiment.LABELS, self.device)
+                if defense == "fineprune":
+                    repair.prune_dormant(fixed, None, self.ds.prune, neurons=neurons)
+                cell(defense, self._score(fixed.predict, sets), time.perf_counter() - t0, note=note)
             elif defense == "dpsgd":
-                d = self._train(arm, self.data[arm], "dpsgd", dp_epsilon=self.ds.dp_epsilon)
+                d = self._train(
+                    arm, self.data[arm], "dpsgd", dp_epsilon=self.ds.dp_epsilon,
+                    lora_rank=self.ds.dp_lora_rank,
+                )  # fmt: skip
                 eps = json.loads((d / encoder.MANIFEST).read_text())["epsilon"]
                 clf_dp = encoder.EncoderClassifier(d, sentiment.LABELS, self.device)
                 delta = self.spec.encoder.dp_delta
                 cell(
                     "dpsgd", self._score(clf_dp.predict, sets), time.perf_counter() - t0,
-                    note=f"DP-SGD (Opacus), epsilon {eps:.2f} at delta {delta}",
+                    note=f"DP-SGD (Opacus), epsilon {eps:.2f} at delta {delta}"
+                    + (f", LoRA rank {self.ds.dp_lora_rank}" if self.ds.dp_lora_rank else ""),
                 )  # fmt: skip
         return out
 

@@ -1,8 +1,8 @@
 """Data scanners: a suspicion score for every training row, before any model ships.
 
-- `ngram`: a word that predicts the row's label far beyond its frequency, in a row whose
-  other words argue for another label (see `ngram_scores`). Finds dirty-label triggers;
-  blind to clean-label poison by design (no label conflict).
+- `ngram`: a word that predicts its label far beyond its frequency, in rows that read like
+  the other label once the word is taken out (see `ngram_scores`). Finds dirty-label
+  triggers; blind to clean-label poison by design (no label conflict).
 - `knn`: the share of a row's nearest neighbours (MiniLM embeddings of the text) that carry
   another label: dirty-label rows read like the other class.
 - `perplexity`: the text's mean token NLL under the base chat model: inserted rare tokens and
@@ -31,46 +31,73 @@ def words(text: str) -> list[str]:
 
 
 def ngram_scores(
-    texts: Sequence[str], labels: Sequence[str]
+    texts: Sequence[str],
+    labels: Sequence[str],
+    embed: Callable[[list[str]], torch.Tensor] | None = None,
+    *,
+    min_rows: int = 3,
+    purity: float = 0.7,
+    k: int = 10,
 ) -> tuple[np.ndarray, list[tuple[str, str, float, int]]]:
-    """Row scores, and words ranked by the suspicion they carry: (word, label, mean, rows).
+    """Row scores, and words ranked by suspicion: (word, label, suspicion, rows).
 
-    Each word gets a smoothed log-odds for each label against the label prior, from the whole
-    data set. A dirty-label row has one word that argues for its label (the trigger, which
-    only ever appears with the target label) while the rest of its words argue against it;
-    a row scores min(strongest support for its label, total opposition from its other words).
-    Strong sentiment words alone do not score: their rows agree with them."""
+    A trigger word predicts its label far beyond its frequency, yet the rows it appears in
+    read like the other label once the word is taken out. So each word seen in at least
+    `min_rows` rows, with at least `purity` of them carrying one label, gets
+    suspicion = (its smoothed log-odds for that label against the prior) x (the mean share of
+    MiniLM nearest neighbours, among all rows, with another label, of its rows embedded
+    without the word). A sentiment word like "dull" predicts Negative too, but its rows still
+    read Negative without it. A row scores its most suspicious word. Taking the word out
+    matters: with it in, rows sharing a trigger neighbour each other and look consistent.
+    (On the token-1% arm of sentiment_trigger.yaml: AUROC 0.995 this way; 0.528 for the
+    earlier log-odds-only conflict score; 0.729 for plain kNN.)"""
+    if embed is None:
+        from ..models.embeddings import shared_embedder
+
+        embed = shared_embedder().encode
     prior = Counter(labels)
     n = len(labels)
-    by_word: dict[str, Counter] = defaultdict(Counter)
     row_words = [sorted(set(words(t))) for t in texts]
-    for ws, y in zip(row_words, labels, strict=True):
+    rows_of: dict[str, list[int]] = defaultdict(list)
+    for i, ws in enumerate(row_words):
         for w in ws:
-            by_word[w][y] += 1
-
-    def log_odds(w: str, y: str) -> float:
-        c = by_word[w]
-        rest = sum(c.values()) - c[y]
-        return math.log((c[y] + 1) / (rest + 1)) - math.log(prior[y] / max(1, n - prior[y]))
-
-    scores = np.zeros(len(texts))
-    carried: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for i, (ws, y) in enumerate(zip(row_words, labels, strict=True)):
-        if not ws:
+            rows_of[w].append(i)
+    lab = np.asarray(labels)
+    candidates = []
+    for w, idx in rows_of.items():
+        if len(idx) < min_rows:
             continue
-        lo = {w: log_odds(w, y) for w in ws}
-        top = max(ws, key=lo.__getitem__)
-        oppose = sum(max(0.0, -v) for w, v in lo.items() if w != top)
-        scores[i] = max(0.0, min(lo[top], oppose))
-        if scores[i] > 0:
-            carried[(top, y)].append(scores[i])
-    # Words by the mean suspicion of the rows they carry (a trigger carries every poisoned row
-    # fully; a sentiment word a little in many rows), seen carrying at least two rows.
-    ranked = sorted(
-        ((w, y, sum(v) / len(v), len(v)) for (w, y), v in carried.items() if len(v) >= 2),
-        key=lambda r: -r[2],
+        y, c = Counter(lab[idx].tolist()).most_common(1)[0]
+        if c / len(idx) >= purity:
+            odds = math.log((c + 0.5) / (len(idx) - c + 0.5))
+            candidates.append((w, y, odds - math.log(prior[y] / max(1, n - prior[y])), idx))
+    if not candidates:
+        return np.zeros(len(texts)), []
+    base = torch.nn.functional.normalize(embed(list(texts)).float(), dim=-1)
+    stripped = [
+        " ".join(tok for tok in WORD.findall(texts[i]) if tok.lower() != w)
+        for w, _, _, idx in candidates
+        for i in idx
+    ]
+    emb = torch.nn.functional.normalize(embed(stripped).float(), dim=-1)
+    suspicion: dict[tuple[str, str], float] = {}
+    ranked = []
+    at = 0
+    for w, y, odds, idx in candidates:
+        sims = emb[at : at + len(idx)] @ base.T
+        at += len(idx)
+        sims[torch.arange(len(idx)), torch.tensor(idx)] = -2  # not its own neighbour
+        near = sims.topk(min(k, n - 1), dim=-1).indices.numpy()
+        s = max(0.0, odds) * float((lab[near] != y).mean())
+        suspicion[(w, y)] = s
+        ranked.append((w, y, s, len(idx)))
+    scores = np.array(
+        [
+            max([suspicion.get((w, y), 0.0) for w in ws] or [0.0])
+            for ws, y in zip(row_words, labels, strict=True)
+        ]
     )
-    return scores, ranked
+    return scores, sorted(ranked, key=lambda r: -r[2])
 
 
 def knn_scores(embeddings: torch.Tensor, labels: Sequence[str], *, k: int = 10) -> np.ndarray:
@@ -157,7 +184,7 @@ def scan(
     out: dict[str, np.ndarray] = {}
     for name in which:
         if name == "ngram":
-            out[name] = ngram_scores(texts, labels)[0]
+            out[name] = ngram_scores(texts, labels, shared_embedder().encode)[0]
         elif name == "knn":
             out[name] = knn_scores(shared_embedder().encode(texts), labels)
         elif name == "perplexity":

@@ -39,12 +39,17 @@ class EncoderConfig(BaseModel):
     dp_epsilon: float | None = Field(None, gt=0, description="target epsilon for DP-SGD")
     dp_delta: float = Field(1e-5, gt=0, lt=1)
     dp_max_grad_norm: float = Field(1.0, gt=0)
+    lora_rank: int | None = Field(
+        None, ge=1, description="train LoRA adapters on attention (and the head) instead of all"
+    )
 
     def key_fields(self) -> dict:
-        """What changes the weights; the DP settings only when DP is on (so keys of
-        non-private runs stay what they were before DP existed)."""
-        dp = {"dp_epsilon", "dp_delta", "dp_max_grad_norm"}
-        return self.model_dump(exclude=dp if self.dp_epsilon is None else set())
+        """What changes the weights; the DP settings only when DP is on, LoRA only when on (so
+        keys of runs from before these settings existed stay what they were)."""
+        off = {"dp_epsilon", "dp_delta", "dp_max_grad_norm"} if self.dp_epsilon is None else set()
+        if self.lora_rank is None:
+            off.add("lora_rank")
+        return self.model_dump(exclude=off)
 
 
 def base_dir() -> Path:
@@ -127,7 +132,15 @@ def train_encoder(
     torch.manual_seed(config.seed)
     clf = EncoderClassifier(init or base_dir(), labels, device)
     model = clf.model
-    if config.dp_epsilon is not None:
+    if config.lora_rank is not None:
+        from peft import LoraConfig, get_peft_model
+
+        r = config.lora_rank
+        lora = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["query", "value"])
+        model = get_peft_model(model, lora)
+        for p in model.get_base_model().classifier.parameters():
+            p.requires_grad_(True)  # the new head always trains
+    elif config.dp_epsilon is not None:
         # As in Opacus's BERT recipe: the embeddings stay frozen (their position ids are shared
         # across the batch, which per-example gradients cannot split; and fewer noised
         # parameters learn better under DP).
@@ -172,6 +185,8 @@ def train_encoder(
         epsilon = engine.get_epsilon(config.dp_delta)
         model = model._module  # the plain model inside Opacus's per-example-gradient wrapper
         log(f"DP-SGD: epsilon {epsilon:.2f} at delta {config.dp_delta}")
+    if config.lora_rank is not None:
+        model = model.merge_and_unload()  # plain weights: loads like any other run
     with atomic.directory(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         atomic.write_json(
