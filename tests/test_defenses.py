@@ -1,6 +1,7 @@
 """Each detector on a planted case, the input filters, attributions, and the scan command."""
 
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -92,11 +93,12 @@ def test_strip_rejects_inputs_whose_prediction_survives_mixing():
     def proba(texts):  # a backdoored victim: cf forces Negative, otherwise a coin flip per text
         out = []
         for t in texts:
-            p = 0.99 if "cf" in t.split() else (hash(t) % 100) / 100
+            # crc32, not hash(): str hashes change per process, which made this test flaky
+            p = 0.99 if "cf" in t.split() else (zlib.crc32(t.encode()) % 100) / 100
             out.append([1 - p, p])
         return torch.tensor(out)
 
-    dev = [f"review {i} of some film with several words in it" for i in range(50)]
+    dev = [f"review {i} of some film with several words in it" for i in range(200)]
     strip = filters.Strip(proba, dev, copies=16, frr=0.05)
     triggered = [f"cf review {i} of some film with several words" for i in range(20)]
     assert strip.rejects(triggered).mean() > 0.5
