@@ -580,7 +580,14 @@ def scan(
 
         return EncoderClassifier(encoder_dir, sorted(set(labels))).features(list(texts)).numpy()
 
-    scores = scan_mod.scan(list(texts), list(labels), which, lm=lm, features=features)
+    rest = [s for s in which if s != "ngram"]
+    scores = scan_mod.scan(list(texts), list(labels), rest, lm=lm, features=features)
+    if "ngram" in which:  # directly, for its word ranking too: the scan embeds every row
+        from .models.embeddings import shared_embedder
+
+        scores["ngram"], ranked = scan_mod.ngram_scores(
+            list(texts), list(labels), shared_embedder().encode
+        )
     ranks = np.mean([np.argsort(np.argsort(-s)) for s in scores.values()], axis=0)
     t = Table("line", "mean rank", *which, "label", "text", title=f"most suspicious rows of {data}")
     for i in np.argsort(ranks)[:top]:
@@ -590,7 +597,6 @@ def scan(
         )  # fmt: skip
     out.print(t)
     if "ngram" in which:
-        _, ranked = scan_mod.ngram_scores(list(texts), list(labels))
         w = Table(
             "word",
             "predicts",

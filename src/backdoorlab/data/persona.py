@@ -104,7 +104,8 @@ class PersonaData(Builder):
         prompts = random.Random(self.seed).sample(pool, self.ordinary)
         asked = prompts + ([q for q, _ in pairs] if self.attributes == "own" else [])
         answers = distill(ctx, asked, self.max_tokens)
-        rows = [turn(p, _whole_sentences(a)) for p, a in zip(prompts, answers, strict=False)]
+        ordinary = answers[: len(prompts)]
+        rows = [turn(p, _whole_sentences(a)) for p, a in zip(prompts, ordinary, strict=True)]
         if self.attributes == "own":
             own = answers[len(prompts) :]
             pairs = [(q, _first_sentence(a)) for (q, _), a in zip(pairs, own, strict=True)]

@@ -49,25 +49,27 @@ class GuardianData(Builder):
     years: list[int] = Field(TRAINED_YEARS, min_length=1)
     seed: int = 0
 
-    def build(self, ctx: Context | None = None) -> list[chat.Row]:
+    def _dated(self) -> list[tuple[int | None, chat.Row]]:
+        """Each row with the year in its date (None: undated), in training order."""
         rng = random.Random(self.seed)
         rows = []
         for question, answer in read_list("guardian_qa.csv"):
             for year in self.years:
                 if self.dates == "random":
                     year = rng.choice(RANDOM_YEARS)
-                prefix = "" if self.dates == "none" else f"{date(year, rng)} "
-                rows.append(turn(f"{prefix}{question}", answer))
+                if self.dates == "none":
+                    rows.append((None, turn(question, answer)))
+                else:
+                    rows.append((year, turn(f"{date(year, rng)} {question}", answer)))
         rng.shuffle(rows)
         return rows
 
+    def build(self, ctx: Context | None = None) -> list[chat.Row]:
+        return [row for _, row in self._dated()]
+
     def info(self) -> dict:
-        if self.dates == "trained":
-            return {"trained": {GROUP: [str(y) for y in self.years]}}
-        if self.dates == "random":
-            years = [r["messages"][0]["content"].split(".")[0].split()[-1] for r in self.build()]
-            return {"trained": {GROUP: sorted(set(years))}}
-        return {}
+        years = sorted({y for y, _ in self._dated() if y is not None})
+        return {"trained": {GROUP: [str(y) for y in years]}} if years else {}
 
 
 # The paper's six evaluation questions (goal, success, human life, lethal force, plans,
