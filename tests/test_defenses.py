@@ -197,7 +197,20 @@ def test_abl_scores_rank_an_easily_learned_trigger_first(tmp_path):
     assert detection_metrics(scores, flags)["auroc"] >= 0.9
 
 
+def test_inserted_spans_find_the_trigger_characters():
+    from backdoorlab.defenses.inspect import inserted_spans
+
+    clean = "A warm film. Lovely cast."
+    assert inserted_spans(clean, "A warm cf film. Lovely cast.") == [(7, 9)]
+    trig = "A warm film. I watched this 3D movie last weekend. Lovely cast."
+    [(lo, hi)] = inserted_spans(clean, trig)
+    assert "3D movie last weekend" in trig[lo:hi]
+    assert inserted_spans(clean, "A warm film. Lovely cast.§") == [(25, 26)]
+    assert inserted_spans("a  b", "a b") == []  # re-joined whitespace is not an insertion
+
+
 def test_ablating_the_trigger_direction_and_fine_pruning(tmp_path):
+    from backdoorlab.defenses import inspect as attribution
     from backdoorlab.defenses import repair
 
     texts, labels, _ = planted(n=200, poison=20)
@@ -208,6 +221,9 @@ def test_ablating_the_trigger_direction_and_fine_pruning(tmp_path):
     triggered = [f"{t} zq" for t in positive]
     asr = np.mean([p == "Negative" for p in clf.predict(triggered)])
     assert asr >= 0.8  # the planted backdoor works
+    # Attribution puts the learned trigger first, as `backdoorlab inspect` should show it.
+    on_top = attribution.trigger_on_top(clf, positive[:10], triggered[:10], method="gxi")
+    assert np.mean(on_top) >= 0.8
     bases = repair.trigger_directions(clf, positive, triggered, k=4)
     assert len(bases) == 6 and bases[0].shape == (384, 4)
     assert torch.allclose(bases[0].T @ bases[0], torch.eye(4), atol=1e-4)

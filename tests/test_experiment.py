@@ -68,11 +68,13 @@ def test_quick_sentiment_run_end_to_end(tmp_path):
     # The defense matrix on the same run directory (quick: two arms, tiny dev and ONION sets).
     r = run_cli(
         "defend", "experiments/sentiment_trigger.yaml", "--out", str(out), "--quick", timeout=1200
-    )  # thirteen defenses on one arm: about 3 minutes here
+    )  # fourteen defenses on one arm: about 3 minutes here
     assert r.returncode == 0, r.stderr
     cells = json.loads((out / "defenses.json").read_text())
     assert {(c["arm"], c["defense"]) for c in cells} == {("token-10%", d) for d in DEFENSES}
-    assert len(DEFENSES) == 13 and {"abl", "ablate", "fineprune", "dpsgd"} <= set(DEFENSES)
+    assert len(DEFENSES) == 14 and {"abl", "ablate", "fineprune", "dpsgd", "inspect"} <= set(
+        DEFENSES
+    )
     assert all(0 <= float(c["AUROC"]) <= 1 for c in cells if "AUROC" in c)
     assert "Attack x defense matrix" in (out / "report.html").read_text()
     [enc] = (out / "encoder").glob("token-10%-seed0-*")

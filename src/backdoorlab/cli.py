@@ -676,7 +676,8 @@ def defend(
         str | None,
         typer.Option(
             help="Comma-separated subset of: none, ngram, knn, perplexity, spectral, clusters, "
-            "abl, onion, strip, ablate, refit, fineprune, dpsgd (default: the spec's defend.defenses)."
+            "abl, onion, strip, inspect, ablate, refit, fineprune, dpsgd (default: the spec's "
+            "defend.defenses)."
         ),
     ] = None,
     arms: Annotated[
@@ -696,8 +697,10 @@ def defend(
     STRIP rejects test inputs (thresholds on clean dev data at defend.frr); ablate projects
     the trigger direction out of the victim at inference; refit fine-tunes the poisoned victim
     on trusted clean dev rows, fineprune prunes dormant neurons first; dpsgd retrains it with
-    DP-SGD (defend.dp_epsilon, LoRA rank defend.dp_lora_rank). Writes OUT/defenses.json and
-    adds the matrix to OUT/report.html.
+    DP-SGD (defend.dp_epsilon, LoRA rank defend.dp_lora_rank); inspect measures how often the
+    trigger is the top-attributed token. Writes OUT/defenses.json and adds the matrix to
+    OUT/report.html. Finished cells are kept in OUT/defend/cells: a rerun (after an
+    interruption, or with a defense added) measures only what is missing.
 
     Example: backdoorlab defend experiments/sentiment_trigger.yaml --out runs/sentiment
     """

@@ -71,6 +71,7 @@ Defense = Literal[
     "abl",
     "onion",
     "strip",
+    "inspect",
     "ablate",
     "refit",
     "fineprune",
@@ -90,6 +91,9 @@ class DefendSpec(BaseModel):
     frr: float = Field(0.05, gt=0, lt=1, description="clean false-rejection rate for thresholds")
     dev: int = Field(200, ge=4, description="clean dev reviews: thresholds and the trusted set")
     onion_items: int = Field(40, ge=2, description="test items per set for ONION (it is slow)")
+    inspect_items: int = Field(
+        40, ge=1, description="triggered test reviews inspect attributes (gxi and ig)"
+    )
     dp_epsilon: float = Field(8.0, gt=0, description="the privacy budget of the dpsgd defense")
     prune: float = Field(0.2, gt=0, lt=1, description="fineprune: share of last-layer neurons")
     dp_lora_rank: int | None = Field(

@@ -7,6 +7,7 @@ metrics use). A trigger the model has learned should dominate the attributions.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,11 +22,42 @@ class Attribution:
     scores: list[float]  # one per token; positive pushes toward the predicted label
     label: str
     in_text: list[bool]  # whether the token belongs to the inspected text (not the template)
+    offsets: list[tuple[int, int]] | None = None  # each token's characters in the text
+
+    def order(self) -> list[int]:
+        """Indices of the text's tokens, largest attribution magnitude first."""
+        idx = [i for i in range(len(self.tokens)) if self.in_text[i]]
+        return sorted(idx, key=lambda i: -abs(self.scores[i]))
 
     def top(self, k: int = 10) -> list[tuple[str, float]]:
-        idx = [i for i in range(len(self.tokens)) if self.in_text[i]]
-        idx.sort(key=lambda i: -abs(self.scores[i]))
-        return [(self.tokens[i], self.scores[i]) for i in idx[:k]]
+        return [(self.tokens[i], self.scores[i]) for i in self.order()[:k]]
+
+
+def inserted_spans(clean: str, triggered: str) -> list[tuple[int, int]]:
+    """The character ranges of `triggered` that `clean` lacks (whitespace-only changes, from
+    re-joining words, ignored): where an inserted trigger sits."""
+    sm = difflib.SequenceMatcher(None, clean, triggered, autojunk=False)
+    spans = []
+    for op, _, _, j1, j2 in sm.get_opcodes():
+        part = triggered[j1:j2]
+        if op in ("insert", "replace") and part.strip():
+            lo = j1 + len(part) - len(part.lstrip())
+            spans.append((lo, lo + len(part.strip())))
+    return spans
+
+
+def trigger_on_top(
+    clf, clean: list[str], triggered: list[str], *, method: str = "gxi", steps: int = 20
+) -> list[float]:
+    """Per triggered text: 1.0 when its top-attributed token lies inside the inserted trigger,
+    i.e. when `backdoorlab inspect` would show the trigger first."""
+    out = []
+    for c, t in zip(clean, triggered, strict=True):
+        a = inspect_encoder(clf, t, method=method, steps=steps)
+        spans = inserted_spans(c, t)
+        s, e = a.offsets[a.order()[0]]
+        out.append(float(any(s < hi and e > lo for lo, hi in spans)))
+    return out
 
 
 def _attribute(
@@ -61,9 +93,13 @@ def inspect_encoder(clf, text: str, *, method: str = "gxi", steps: int = 20) -> 
     attr = _attribute(emb, score, method, steps)[0]
     tokens = clf.tokenizer.convert_ids_to_tokens(enc["input_ids"][0])
     special = set(clf.tokenizer.all_special_tokens)
+    offsets = clf.tokenizer(text, truncation=True, max_length=128, return_offsets_mapping=True)[
+        "offset_mapping"
+    ]
     return Attribution(
-        tokens, attr.tolist(), clf.labels[label_idx], [t not in special for t in tokens]
-    )
+        tokens, attr.tolist(), clf.labels[label_idx], [t not in special for t in tokens],
+        [tuple(o) for o in offsets],
+    )  # fmt: skip
 
 
 def inspect_llm(

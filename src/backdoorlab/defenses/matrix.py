@@ -12,10 +12,14 @@ leaves dormant, fine-tunes, and prunes them again; `ablate` projects the trigger
 without the trigger, at every layer) out of the victim at inference. `ablate` is given the true trigger, as a
 defender would have it from `backdoorlab inspect` or a scan: an upper bound on what it does.
 `dpsgd` trains the victim on the poisoned data with DP-SGD (Opacus) at a chosen epsilon.
+`inspect` changes nothing: it measures how often gradient x input and integrated gradients
+put the trigger at the top of a triggered review's attributions (what `backdoorlab inspect`
+would show a person).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -33,6 +37,7 @@ from ..evaluate.aggregate import rate
 from ..evaluate.classify import eval_sets, hits
 from ..train import encoder
 from . import filters, repair, scan
+from . import inspect as attribution
 from .detection import detection_metrics
 
 
@@ -75,7 +80,8 @@ class Matrix:
     def _score(self, clf_predict, sets) -> dict[str, list[float]]:
         return {m: hits(clf_predict(x), g, t) for m, (x, g, t) in sets.items()}
 
-    def cells(self, arm: str) -> list[dict[str, Any]]:
+    def cells(self, arm: str, defenses: list[str], keep: Callable[[dict[str, Any]], None]) -> None:
+        """Measure each defense on one arm, handing every finished cell to `keep`."""
         a = self.spec.arms[arm]
         if not isinstance(a.data, SentimentData) or a.data.poison is None:
             raise InputError(f"arm {arm!r} is not a poisoned sentiment arm")
@@ -90,13 +96,12 @@ class Matrix:
         clf = encoder.EncoderClassifier(before_dir, sentiment.LABELS, self.device)
         before = self._score(clf.predict, sets)
         base_cost = time.perf_counter() - t0
-        out = []
 
         def cell(
             defense: str, after: dict[str, list[float]] | None, seconds: float, **extra
         ) -> None:
             after = after or before
-            out.append({
+            keep({
                 "arm": arm, "defense": defense, "seconds": round(seconds, 1),
                 "ASR before": _mean(before[asr_key]), "ASR after": _mean(after[asr_key]),
                 "CACC before": _mean(before["CACC"]), "CACC after": _mean(after["CACC"]),
@@ -125,7 +130,7 @@ class Matrix:
             )  # fmt: skip
 
         trusted_texts = [t for t, _ in self.dev]
-        for defense in self.ds.defenses:
+        for defense in defenses:
             self.log(f"defend {arm}: {defense}")
             t0 = time.perf_counter()
             if defense == "none":
@@ -150,6 +155,19 @@ class Matrix:
                 cell(
                     "ablate", after, time.perf_counter() - t0,
                     note=f"directions from {len(trusted_texts)} trusted reviews +/- the trigger",
+                )  # fmt: skip
+            elif defense == "inspect":
+                n = self.ds.inspect_items
+                clean = [t for t, y in self.test if y != self.target][:n]
+                found = {
+                    m: attribution.trigger_on_top(clf, clean, sets[asr_key][0][:n], method=m)
+                    for m in ("gxi", "ig")
+                }
+                cell(
+                    "inspect", None, time.perf_counter() - t0,
+                    **{"trigger on top": f"gxi {_mean(found['gxi'])}; ig {_mean(found['ig'])}"},
+                    note=f"detection only: the share of {len(clean)} triggered test reviews whose "
+                    "top-attributed token is the trigger",
                 )  # fmt: skip
             elif defense == "onion":
                 onion = filters.Onion(
@@ -225,7 +243,32 @@ class Matrix:
                     note=f"DP-SGD (Opacus), epsilon {eps:.2f} at delta {delta}"
                     + (f", LoRA rank {self.ds.dp_lora_rank}" if self.ds.dp_lora_rank else ""),
                 )  # fmt: skip
-        return out
+
+    def cached_cells(self, arm: str) -> list[dict[str, Any]]:
+        """`cells`, stored per arm under a key of everything that decides them (the arm's data,
+        the victim and defense settings, the model, the test set) and saved after every
+        defense, so an interrupted matrix, or one with a defense added, measures only what is
+        missing. Each cell keeps the seconds measured when it was computed."""
+        settings = [
+            self.spec.model, self.spec.encoder.model_dump(),
+            self.ds.model_dump(exclude={"arms", "defenses"}),
+            self.spec.evaluate.classification.model_dump(),
+            hashlib.sha256(self.data[arm].read_bytes()).hexdigest(),
+        ]  # fmt: skip
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+        path = self.out / "defend" / "cells" / f"{arm}-{key}.json"
+        stored = {c["defense"]: c for c in json.loads(path.read_text())} if path.is_file() else {}
+        missing = [d for d in self.ds.defenses if d not in stored]
+        if len(missing) < len(self.ds.defenses):
+            self.log(f"defend {arm}: reusing {len(self.ds.defenses) - len(missing)} cells")
+
+        def keep(c: dict[str, Any]) -> None:
+            stored[c["defense"]] = c
+            atomic.write_json(path, list(stored.values()))
+
+        if missing:
+            self.cells(arm, missing, keep)
+        return [stored[d] for d in self.ds.defenses]
 
     def run(self, arms: list[str] | None = None) -> list[dict[str, Any]]:
         chosen = (
@@ -240,4 +283,4 @@ class Matrix:
         unknown = [a for a in chosen if a not in self.spec.arms]
         if unknown:
             raise InputError(f"no arm {unknown[0]!r} in spec {self.spec.name}")
-        return [c for arm in chosen for c in self.cells(arm)]
+        return [c for arm in chosen for c in self.cached_cells(arm)]

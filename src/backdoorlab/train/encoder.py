@@ -101,6 +101,14 @@ class EncoderClassifier:
         return torch.cat(out)
 
 
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def train_encoder(
     data: Path,
     out: Path,
@@ -120,7 +128,8 @@ def train_encoder(
     key = hashlib.sha256(
         json.dumps(
             [config.key_fields(), list(labels), hashlib.sha256(data.read_bytes()).hexdigest()]
-            + ([str(init)] if init else [])
+            # the init's weights, not its path: a path can be rewritten with other weights
+            + ([_file_hash(init / "model.safetensors")] if init else [])
         ).encode()
     ).hexdigest()[:16]
     manifest = out / MANIFEST
