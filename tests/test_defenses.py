@@ -87,6 +87,8 @@ def test_perplexity_scan_and_onion_single_out_an_inserted_token(lm):
     assert words[int(np.argmax(sus))] == "zxqv"
     onion = filters.Onion(*lm, clean, frr=0.2)
     assert "zxqv" not in onion.clean(dirty[0]).split()
+    assert onion.removes_insertion(clean[0], dirty[0])
+    assert not onion.removes_insertion(clean[0], "The film was warm, funny and beautifully acted!")
 
 
 def test_strip_rejects_inputs_whose_prediction_survives_mixing():

@@ -13,11 +13,13 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
+from .inspect import inserted_spans
 from .scan import perplexity_scores
 
 
@@ -43,6 +45,19 @@ class Onion:
         if text not in self._cache:
             self._cache[text] = onion_suspicion(self.model, self.tokenizer, text)
         return self._cache[text]
+
+    def removes_insertion(self, clean: str, triggered: str) -> bool:
+        """Whether cleaning `triggered` removes every word the trigger inserted or touched
+        (detection, for the filter's true-positive rate)."""
+        spans = inserted_spans(clean, triggered)
+        _, sus = self.suspicion(triggered)
+        words = [(m.start(), m.end()) for m in re.finditer(r"\S+", triggered)]
+        hit = [
+            sus[i] > self.threshold
+            for i, (s, e) in enumerate(words)
+            if any(s < hi and e > lo for lo, hi in spans)
+        ]
+        return bool(hit) and all(hit)
 
     def clean(self, text: str) -> str:
         ws, sus = self.suspicion(text)

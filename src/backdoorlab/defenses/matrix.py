@@ -59,7 +59,6 @@ class Matrix:
         self.dev = sentiment.balanced(sentiment.split("dev", ce.split_seed), self.ds.dev)
         self.data = build_data(spec, out, device)
         self._lm = None
-        self._onion: filters.Onion | None = None
 
     def lm(self) -> tuple[Any, Any]:
         if self._lm is None:
@@ -98,13 +97,19 @@ class Matrix:
         base_cost = time.perf_counter() - t0
 
         def cell(
-            defense: str, after: dict[str, list[float]] | None, seconds: float, **extra
+            defense: str,
+            after: dict[str, list[float]] | None,
+            seconds: float,
+            base: dict[str, list[float]] | None = None,
+            **extra,
         ) -> None:
-            after = after or before
+            """`base`: the before-scores on the items `after` covers, when not all of them."""
+            base = base or before
+            after = after or base
             keep({
                 "arm": arm, "defense": defense, "seconds": round(seconds, 1),
-                "ASR before": _mean(before[asr_key]), "ASR after": _mean(after[asr_key]),
-                "CACC before": _mean(before["CACC"]), "CACC after": _mean(after["CACC"]),
+                "ASR before": _mean(base[asr_key]), "ASR after": _mean(after[asr_key]),
+                "CACC before": _mean(base["CACC"]), "CACC after": _mean(after["CACC"]),
                 "false trigger after": _mean(after[ft_key]),
                 **extra,
             })  # fmt: skip
@@ -180,11 +185,21 @@ class Matrix:
                 pre = self._score(clf.predict, small)
                 cleaned = {m: ([onion.clean(s) for s in x], g, t) for m, (x, g, t) in small.items()}
                 after = self._score(clf.predict, cleaned)
-                out_cell = {
-                    "note": f"{self.ds.onion_items} items per set; before on the same items: "
-                    f"ASR {_mean(pre[asr_key])}, CACC {_mean(pre['CACC'])}"
-                }
-                cell("onion", after, time.perf_counter() - t0, **out_cell)
+                n = self.ds.onion_items
+                caught = [
+                    onion.removes_insertion(c, s)
+                    for c, s in zip(
+                        [t for t, y in self.test if y != self.target][:n], small[asr_key][0],
+                        strict=True,
+                    )
+                ]  # fmt: skip
+                clean_words = np.concatenate([onion.suspicion(s)[1] for s in small["CACC"][0]])
+                cell(
+                    "onion", after, time.perf_counter() - t0, base=pre,
+                    note=f"before and after on the first {n} items of each set; trigger removed "
+                    f"from {np.mean(caught):.3f} of triggered items, "
+                    f"{np.mean(clean_words > onion.threshold):.3f} of clean test words removed",
+                )  # fmt: skip
             elif defense == "strip":
                 strip = filters.Strip(
                     lambda xs: clf.proba(xs), [t for t, _ in self.dev], frr=self.ds.frr
