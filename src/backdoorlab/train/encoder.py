@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,9 @@ def train_encoder(
         from opacus import PrivacyEngine
         from torch.utils.data import DataLoader, TensorDataset
 
+        # Opacus's hooks warn on every step that the frozen embeddings need no input
+        # gradient; that is by design here, not a problem a user can act on.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
         engine = PrivacyEngine(accountant="rdp")
         loader = DataLoader(TensorDataset(torch.arange(len(rows))), batch_size=config.batch_size)
         model, opt, loader = engine.make_private_with_epsilon(
