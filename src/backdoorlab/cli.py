@@ -684,6 +684,13 @@ def defend(
         str | None,
         typer.Option(help="Comma-separated poisoned arms (default: the spec's defend.arms)."),
     ] = None,
+    remove: Annotated[
+        float | None,
+        typer.Option(
+            help="Fraction of training rows a data scanner drops before retraining; set it to "
+            "at least the poison rate you defend against (default: the spec's defend.remove).",
+        ),
+    ] = None,
     quick: Annotated[
         bool, typer.Option(help="The spec's `quick:` overrides: a smoke run.")
     ] = False,
@@ -717,6 +724,10 @@ def defend(
         if bad:
             raise InputError(f"unknown defense {bad[0]!r} (known: {', '.join(DEFENSES)})")
         spec.defend.defenses = chosen
+    if remove is not None:
+        if not 0 < remove < 1:
+            raise InputError(f"--remove is a fraction of the rows, between 0 and 1, not {remove}")
+        spec.defend.remove = remove
     _quiet_libraries()
     m = Matrix(spec, out_dir, log=_log, device=str(pick_device(device)))
     cells = m.run([a.strip() for a in arms.split(",")] if arms else None)
