@@ -23,7 +23,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-WORD = re.compile(r"[\w§¶]+|[^\w\s]", re.UNICODE)
+# Words, and every other non-space character on its own: a symbol glued to a word ("film§")
+# is then one shared token across the rows that carry it, whatever symbol a trigger uses.
+WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
 
 def words(text: str) -> list[str]:
