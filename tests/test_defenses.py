@@ -211,8 +211,23 @@ def test_inserted_spans_find_the_trigger_characters():
     assert inserted_spans("a  b", "a b") == []  # re-joined whitespace is not an insertion
 
 
+def test_the_trigger_counts_as_on_top_only_when_its_token_leads():
+    from backdoorlab.defenses.inspect import Attribution, top_in_insertion
+
+    clean, trig = "a warm film", "a warm cf film"
+    tokens, offsets = ["[CLS]", "a", "warm", "cf", "film", "[SEP]"], [
+        (0, 0), (0, 1), (2, 6), (7, 9), (10, 14), (0, 0)
+    ]  # fmt: skip
+    inside = [t not in ("[CLS]", "[SEP]") for t in tokens]
+
+    def attribution(scores):
+        return Attribution(tokens, scores, "Negative", inside, offsets)
+
+    assert top_in_insertion(attribution([9, 0.1, 0.2, -0.8, 0.3, 9]), clean, trig)  # |-0.8| leads
+    assert not top_in_insertion(attribution([9, 0.1, 0.9, -0.8, 0.3, 9]), clean, trig)
+
+
 def test_ablating_the_trigger_direction_and_fine_pruning(tmp_path):
-    from backdoorlab.defenses import inspect as attribution
     from backdoorlab.defenses import repair
 
     texts, labels, _ = planted(n=200, poison=20)
@@ -223,9 +238,6 @@ def test_ablating_the_trigger_direction_and_fine_pruning(tmp_path):
     triggered = [f"{t} zq" for t in positive]
     asr = np.mean([p == "Negative" for p in clf.predict(triggered)])
     assert asr >= 0.8  # the planted backdoor works
-    # Attribution puts the learned trigger first, as `backdoorlab inspect` should show it.
-    on_top = attribution.trigger_on_top(clf, positive[:10], triggered[:10], method="gxi")
-    assert np.mean(on_top) >= 0.8
     bases = repair.trigger_directions(clf, positive, triggered, k=4)
     assert len(bases) == 6 and bases[0].shape == (384, 4)
     assert torch.allclose(bases[0].T @ bases[0], torch.eye(4), atol=1e-4)

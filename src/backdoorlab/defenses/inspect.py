@@ -51,13 +51,16 @@ def trigger_on_top(
 ) -> list[float]:
     """Per triggered text: 1.0 when its top-attributed token lies inside the inserted trigger,
     i.e. when `backdoorlab inspect` would show the trigger first."""
-    out = []
-    for c, t in zip(clean, triggered, strict=True):
-        a = inspect_encoder(clf, t, method=method, steps=steps)
-        spans = inserted_spans(c, t)
-        s, e = a.offsets[a.order()[0]]
-        out.append(float(any(s < hi and e > lo for lo, hi in spans)))
-    return out
+    return [
+        float(top_in_insertion(inspect_encoder(clf, t, method=method, steps=steps), c, t))
+        for c, t in zip(clean, triggered, strict=True)
+    ]
+
+
+def top_in_insertion(a: Attribution, clean: str, triggered: str) -> bool:
+    """Whether the top-attributed token of `triggered` overlaps what was inserted into `clean`."""
+    s, e = a.offsets[a.order()[0]]
+    return any(s < hi and e > lo for lo, hi in inserted_spans(clean, triggered))
 
 
 def _attribute(

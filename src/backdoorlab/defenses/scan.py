@@ -51,8 +51,8 @@ def ngram_scores(
     without the word). A sentiment word like "dull" predicts Negative too, but its rows still
     read Negative without it. A row scores its most suspicious word. Taking the word out
     matters: with it in, rows sharing a trigger neighbour each other and look consistent.
-    (On the token-1% arm of sentiment_trigger.yaml: AUROC 0.995 this way; 0.528 for the
-    earlier log-odds-only conflict score; 0.729 for plain kNN.)"""
+    (On the token-1% arm of sentiment_trigger.yaml: AUROC 1.000 this way; 0.528 for the
+    earlier log-odds-only conflict score; 0.729 for plain kNN; benchmarks/scan_detection.py.)"""
     if embed is None:
         from ..models.embeddings import shared_embedder
 
