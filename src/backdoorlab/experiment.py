@@ -47,7 +47,7 @@ class Timings:
         return sum(s for _, s, _ in self.rows)
 
 
-def _digest(obj: object) -> str:
+def digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -159,9 +159,7 @@ def run(
                 continue
             if "llm" in victims:
                 config = spec.train_config(seed)
-                key = _digest(
-                    [config.key_fields(), data[name].name]
-                )  # the name holds the data hash
+                key = digest([config.key_fields(), data[name].name])  # the name holds the data hash
                 run_dir = out / "train" / f"{name}-seed{seed}-{key}"
                 reused = (run_dir / "manifest.json").is_file()
                 with timings.stage(f"train {name} seed {seed}", "reused" if reused else "ran"):
@@ -173,7 +171,7 @@ def run(
                 targets[(name, seed, "llm")] = str(run_dir)
             if "encoder" in victims:
                 config = spec.encoder.model_copy(update={"seed": seed})
-                key = _digest([config.key_fields(), data[name].name])
+                key = digest([config.key_fields(), data[name].name])
                 enc_dir = out / "encoder" / f"{name}-seed{seed}-{key}"
                 reused = (enc_dir / encoder.MANIFEST).is_file()
                 with timings.stage(

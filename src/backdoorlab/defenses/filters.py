@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .inspect import inserted_spans
+from .inspect import inserted_spans, overlaps
 from .scan import perplexity_scores
 
 
@@ -51,12 +51,8 @@ class Onion:
         (detection, for the filter's true-positive rate)."""
         spans = inserted_spans(clean, triggered)
         _, sus = self.suspicion(triggered)
-        words = [(m.start(), m.end()) for m in re.finditer(r"\S+", triggered)]
-        hit = [
-            sus[i] > self.threshold
-            for i, (s, e) in enumerate(words)
-            if any(s < hi and e > lo for lo, hi in spans)
-        ]
+        words = [m.span() for m in re.finditer(r"\S+", triggered)]
+        hit = [sus[i] > self.threshold for i, w in enumerate(words) if overlaps(w, spans)]
         return bool(hit) and all(hit)
 
     def clean(self, text: str) -> str:

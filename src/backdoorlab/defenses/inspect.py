@@ -46,6 +46,12 @@ def inserted_spans(clean: str, triggered: str) -> list[tuple[int, int]]:
     return spans
 
 
+def overlaps(span: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
+    """Whether character range `span` shares a character with any of `spans`."""
+    s, e = span
+    return any(s < hi and e > lo for lo, hi in spans)
+
+
 def trigger_on_top(
     clf, clean: list[str], triggered: list[str], *, method: str = "gxi", steps: int = 20
 ) -> list[float]:
@@ -59,8 +65,7 @@ def trigger_on_top(
 
 def top_in_insertion(a: Attribution, clean: str, triggered: str) -> bool:
     """Whether the top-attributed token of `triggered` overlaps what was inserted into `clean`."""
-    s, e = a.offsets[a.order()[0]]
-    return any(s < hi and e > lo for lo, hi in inserted_spans(clean, triggered))
+    return overlaps(a.offsets[a.order()[0]], inserted_spans(clean, triggered))
 
 
 def _attribute(

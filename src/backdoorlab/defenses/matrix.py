@@ -35,6 +35,7 @@ from ..data.sentiment import SentimentData
 from ..errors import InputError
 from ..evaluate.aggregate import rate
 from ..evaluate.classify import eval_sets, hits
+from ..experiment import build_data, digest
 from ..train import encoder
 from . import filters, repair, scan
 from . import inspect as attribution
@@ -47,8 +48,6 @@ def _mean(xs: list[float]) -> str:
 
 class Matrix:
     def __init__(self, spec, out: Path, *, log: Callable[[str], None] = print, device: str = "cpu"):
-        from ..experiment import build_data
-
         self.spec, self.out, self.log, self.device = spec, out, log, device
         self.ds = spec.defend
         ce = spec.evaluate.classification
@@ -86,6 +85,8 @@ class Matrix:
             raise InputError(f"arm {arm!r} is not a poisoned sentiment arm")
         trig = a.data.poison.trigger
         sets = eval_sets(self.test, [trig], self.target)
+        # the reviews the trigger was inserted into, aligned with sets[asr_key]
+        untriggered = [t for t, y in self.test if y != self.target]
         asr_key, ft_key = f"ASR: {trig.name()}", f"false trigger: {trig.name()}"
         rows = chat.read_jsonl(self.data[arm])
         texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
@@ -163,7 +164,7 @@ class Matrix:
                 )  # fmt: skip
             elif defense == "inspect":
                 n = self.ds.inspect_items
-                clean = [t for t, y in self.test if y != self.target][:n]
+                clean = untriggered[:n]
                 found = {
                     m: attribution.trigger_on_top(clf, clean, sets[asr_key][0][:n], method=m)
                     for m in ("gxi", "ig")
@@ -188,11 +189,8 @@ class Matrix:
                 n = self.ds.onion_items
                 caught = [
                     onion.removes_insertion(c, s)
-                    for c, s in zip(
-                        [t for t, y in self.test if y != self.target][:n], small[asr_key][0],
-                        strict=True,
-                    )
-                ]  # fmt: skip
+                    for c, s in zip(untriggered[:n], small[asr_key][0], strict=True)
+                ]
                 clean_words = np.concatenate([onion.suspicion(s)[1] for s in small["CACC"][0]])
                 cell(
                     "onion", after, time.perf_counter() - t0, base=pre,
@@ -270,8 +268,7 @@ class Matrix:
             self.spec.evaluate.classification.model_dump(),
             hashlib.sha256(self.data[arm].read_bytes()).hexdigest(),
         ]  # fmt: skip
-        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-        path = self.out / "defend" / "cells" / f"{arm}-{key}.json"
+        path = self.out / "defend" / "cells" / f"{arm}-{digest(settings)}.json"
         stored = {c["defense"]: c for c in json.loads(path.read_text())} if path.is_file() else {}
         missing = [d for d in self.ds.defenses if d not in stored]
         if len(missing) < len(self.ds.defenses):
