@@ -19,6 +19,7 @@ would show a person).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -46,6 +47,10 @@ def _mean(xs: list[float]) -> str:
     return rate({0: xs}, unit="reviews").short() if xs else "-"
 
 
+def _poisoned(arm) -> bool:
+    return isinstance(arm.data, SentimentData) and arm.data.poison is not None
+
+
 class Matrix:
     def __init__(self, spec, out: Path, *, log: Callable[[str], None] = print, device: str = "cpu"):
         self.spec, self.out, self.log, self.device = spec, out, log, device
@@ -56,8 +61,12 @@ class Matrix:
         self.target = ce.target
         self.test = sentiment.balanced(sentiment.split("test", ce.split_seed), ce.test)
         self.dev = sentiment.balanced(sentiment.split("dev", ce.split_seed), self.ds.dev)
-        self.data = build_data(spec, out, device)
         self._lm = None
+
+    @functools.cached_property
+    def data(self) -> dict[str, Path]:
+        """Each arm's rows, built on first use: after the arms asked for are checked."""
+        return build_data(self.spec, self.out, self.device)
 
     def lm(self) -> tuple[Any, Any]:
         if self._lm is None:
@@ -80,10 +89,7 @@ class Matrix:
 
     def cells(self, arm: str, defenses: list[str], keep: Callable[[dict[str, Any]], None]) -> None:
         """Measure each defense on one arm, handing every finished cell to `keep`."""
-        a = self.spec.arms[arm]
-        if not isinstance(a.data, SentimentData) or a.data.poison is None:
-            raise InputError(f"arm {arm!r} is not a poisoned sentiment arm")
-        trig = a.data.poison.trigger
+        trig = self.spec.arms[arm].data.poison.trigger
         sets = eval_sets(self.test, [trig], self.target)
         # the reviews the trigger was inserted into, aligned with sets[asr_key]
         untriggered = [t for t, y in self.test if y != self.target]
@@ -283,16 +289,11 @@ class Matrix:
         return [stored[d] for d in self.ds.defenses]
 
     def run(self, arms: list[str] | None = None) -> list[dict[str, Any]]:
-        chosen = (
-            arms
-            or self.ds.arms
-            or [
-                n
-                for n, a in self.spec.arms.items()
-                if isinstance(a.data, SentimentData) and a.data.poison
-            ]
-        )
+        chosen = arms or self.ds.arms or [n for n, a in self.spec.arms.items() if _poisoned(a)]
         unknown = [a for a in chosen if a not in self.spec.arms]
         if unknown:
             raise InputError(f"no arm {unknown[0]!r} in spec {self.spec.name}")
+        clean = [a for a in chosen if not _poisoned(self.spec.arms[a])]
+        if clean:
+            raise InputError(f"arm {clean[0]!r} is not a poisoned sentiment arm")
         return [c for arm in chosen for c in self.cached_cells(arm)]
