@@ -8,7 +8,7 @@ import sys
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import BackdoorlabError, InputError
+
+if TYPE_CHECKING:
+    from .report import Report
 
 app = typer.Typer(
     help="Build, fine-tune, measure and defend against fine-tuning attacks on language models.\n\n"
@@ -477,19 +480,21 @@ def run_experiment(
         f"experiment {spec.name}: arms {', '.join(spec.arms)}; seeds {spec.seeds}; "
         f"model {spec.model}{' (quick)' if quick else ''} -> {out_dir}"
     )
-    timings, sections = experiment.run(spec, out_dir, device=device, log=_log)
+    timings, report = experiment.run(spec, out_dir, device=device, log=_log)
+    sections = report.sections
     t = Table("stage", "seconds", "status", title="Timing")
     for name, secs, status in timings.rows:
         t.add_row(name, f"{secs:.1f}", status)
     t.add_row("total", f"{timings.total():.1f}", "")
     out.print(t)
+    _print_assessment(report)
     rows = {
         row: {**sec.rates[row], **sec.diffs.get(row, {})} for sec in sections for row in sec.rates
     }
-    shown = [r for r in spec.headline if r in rows]
+    shown = [r for r in spec.headline_rows() if r in rows]
     if shown:
         # The arms, then each trained arm against the reference, raw and entropy-matched.
-        from .report import tempered_name
+        from .evaluate.aggregate import tempered_name
 
         ref = spec.reference
         columns = {a: a for a in spec.arms}
@@ -750,6 +755,20 @@ def defend(
     out.print(f"matrix written to {out_dir / 'defenses.json'} and {out_dir / 'report.html'}")
 
 
+def _print_assessment(report: Report) -> None:
+    """The gates (one `learned: yes|no (value vs threshold)` line per arm, seed and gate),
+    then the declared headline with its verdict: before any out-of-domain row."""
+    for g in report.gates:
+        out.print(g.line(), markup=False, highlight=False)
+    if report.verdicts:
+        h = Table(title="Declared headline: estimate [95% CI] and verdict")
+        for col in ("row", "comparison", "verdict", "the paper"):
+            h.add_column(col)
+        for v in report.verdicts:
+            h.add_row(v.row, v.comparison(), v.text, v.paper or "-")
+        out.print(h)
+
+
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory with results.sqlite.")],
@@ -769,12 +788,13 @@ def report(
         raise InputError(
             f"{run_dir}: no {FILENAME}; fill it with `backdoorlab eval ... --out {run_dir}`"
         )
-    path, sections = write_report(run_dir, reference)
-    for sec in sections:
+    report = write_report(run_dir, reference)
+    for sec in report.sections:
         for table, title in [(sec.rates, sec.title), (sec.diffs, f"{sec.title}: differences")]:
             if table:
                 out.print(terminal_table(table, title))
-    out.print(f"report written to {path}")
+    _print_assessment(report)
+    out.print(f"report written to {report.path}")
 
 
 judge_app = typer.Typer(help="Judges: how far to trust them.", no_args_is_help=True)

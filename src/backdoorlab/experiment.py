@@ -22,7 +22,7 @@ from .evaluate import classify, runner
 from .evaluate.judges import build_judges
 from .evaluate.probes import load_probe_set
 from .evaluate.questions import LlmJudgeSpec, QuestionFile, load_questions
-from .report import Section, write_report
+from .report import Report, write_report
 from .spec import ExperimentSpec
 from .store import Store, Tag
 from .train import encoder, sft
@@ -128,6 +128,22 @@ def _classification_sets(spec: ExperimentSpec) -> Callable[[str, str], dict] | N
     return sets
 
 
+def _data_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def _fit(loaded, spec: ExperimentSpec, path: Path, store: Store, tag: Tag) -> None:
+    """Score the first rows of an arm's training data under `loaded` (the generic gate)."""
+    from .evaluate.fit import answer_fit
+
+    data_hash = _data_hash(path)
+    if store.has_fit(tag, data_hash):
+        return
+    rows = chat.read_jsonl(path)[: spec.fit.rows]
+    scored = answer_fit(loaded.model, loaded.tokenizer, rows)
+    store.add_fit(tag, data_hash, [(i, *r) for i, r in enumerate(scored)])
+
+
 def run(
     spec: ExperimentSpec,
     out: Path,
@@ -135,7 +151,7 @@ def run(
     device: str | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
-) -> tuple[Timings, list[Section]]:
+) -> tuple[Timings, Report]:
     from .models import load
 
     out.mkdir(parents=True, exist_ok=True)
@@ -214,6 +230,8 @@ def run(
                     if qf:
                         runner.run_questions(loaded, qf, store, tag, samples=spec.evaluate.samples)
                         runner.run_judges(qf, judges, store, tag)
+                    if name in data:
+                        _fit(loaded, spec, data[name], store, tag)
                     if sets_of:
 
                         def predict(texts: list[str], loaded=loaded) -> list[str]:
@@ -226,7 +244,23 @@ def run(
                 if _counts(store) == before:
                     status[0] = "reused"
 
+        # The base model on each trained arm's rows: what the generic gate's gain is against.
+        trained = sorted({n for (n, _, v) in targets if v == "llm" and n in data})
+        base_hash = runner.model_hash(spec.model)
+
+        def base_tag(arm: str) -> Tag:
+            return Tag(arm=arm, seed=-1, model_hash=base_hash)
+
+        todo = [n for n in trained if not store.has_fit(base_tag(n), _data_hash(data[n]))]
+        if todo:
+            with timings.stage("fit of the base model"):
+                log(f"base model on the training rows of {', '.join(todo)}")
+                loaded = load(spec.model, device=device)
+                for n in todo:
+                    _fit(loaded, spec, data[n], store, base_tag(n))
+                del loaded
+
     with timings.stage("report"):
-        _, sections = write_report(out, spec.reference)
+        report = write_report(out, spec.reference)
     atomic.write_json(out / "timings.json", [list(r) for r in timings.rows])
-    return timings, sections
+    return timings, report

@@ -8,14 +8,16 @@ import html
 import io
 import textwrap
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import atomic
-from .evaluate.aggregate import Estimate, difference, rate
+from . import atomic, gates
+from .evaluate.aggregate import Estimate, difference, rate, tempered_name
 from .evaluate.probes import ProbeResult, sweep_key
+from .gates import GateResult, Verdict
+from .spec import ExperimentSpec
 from .store import Store
 
 Summary = dict[str, dict[str, Estimate]]  # row -> arm (or comparison) -> estimate
@@ -28,6 +30,8 @@ class Section:
     rates: Summary  # row -> arm -> estimate
     diffs: Summary  # row -> "arm - other" -> estimate
     plot: bool = True
+    obs: Obs = field(default_factory=dict)  # what the estimates came from
+    paired: bool = False  # whether arms' observations are the same items in the same order
 
 
 def pick_reference(arms: set[str], reference: str | None) -> str | None:
@@ -63,11 +67,7 @@ def _section(
         }
         if cells:
             diffs[row] = cells
-    return Section(title, rates, diffs, plot)
-
-
-def tempered_name(reference: str, arm: str) -> str:
-    return f"{reference} (entropy of {arm})"
+    return Section(title, rates, diffs, plot, obs, paired)
 
 
 def _row(probe_id: str) -> str:
@@ -405,17 +405,96 @@ def _samples_html(store: Store) -> str:
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ddd;padding:4px 8px;
 text-align:left;vertical-align:top}td.a{white-space:pre-wrap;max-width:600px}img{max-width:100%}
-details{margin:.5em 0}summary{cursor:pointer;font-weight:600}.note{color:#555}"""
+details{margin:.5em 0}summary{cursor:pointer;font-weight:600}.note{color:#555}
+.v-not-a-test{color:#a15c00}.v-effect{color:#0a6b2e}"""
 
 
-def write_report(run_dir: Path | str, reference: str | None = None) -> tuple[Path, list[Section]]:
+@dataclass
+class Report:
+    """What `write_report` measured: the sections, and (when the run directory holds the
+    spec it ran) every gate result and the declared headline's verdicts."""
+
+    path: Path
+    sections: list[Section]
+    gates: list[GateResult] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+    fit: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
+
+
+def run_spec(run_dir: Path) -> ExperimentSpec | None:
+    """The spec a run directory was made with (`backdoorlab run` writes it), if any."""
+    path = run_dir / "spec.json"
+    if not path.is_file():
+        return None
+    try:
+        return ExperimentSpec.model_validate_json(path.read_text())
+    except ValueError:  # a spec written by an older version: report without gates
+        return None
+
+
+def assess(
+    spec: ExperimentSpec | None, sections: list[Section], fit: list, reference: str | None
+) -> tuple[list[GateResult], list[Verdict]]:
+    """Gates and headline verdicts from the sections' observations (pure)."""
+    if spec is None:
+        return [], []
+    values: Obs = {}
+    paired: dict[str, bool] = {}
+    for sec in sections:
+        values.update(sec.obs)
+        paired.update(dict.fromkeys(sec.obs, sec.paired))
+    results = gates.check(spec, values, fit)
+    arms = {a for by in values.values() for a in by}
+    ref = pick_reference(arms, reference or spec.reference)
+    return results, gates.verdicts(spec, values, paired, results, ref)
+
+
+def _gates_html(report: Report) -> str:
+    if not report.gates and not report.verdicts:
+        return ""
+    parts = []
+    if report.verdicts:
+        rows = "".join(
+            f"<tr><td>{html.escape(v.row)}</td><td>{html.escape(v.comparison())}</td>"
+            f"<td class=v-{v.kind.replace(' ', '-')}><b>{html.escape(v.text)}</b></td>"
+            f"<td>{html.escape(v.paper or '-')}</td></tr>"
+            for v in report.verdicts
+        )
+        parts.append(
+            "<h2>Headline (declared in the spec before the run)</h2><table><tr><th>row</th>"
+            f"<th>comparison</th><th>verdict</th><th>the paper</th></tr>{rows}</table>"
+        )
+    if report.gates:
+        rows = "".join(
+            f"<tr><td>{html.escape(g.arm)}</td><td>{g.seed}</td><td>{html.escape(g.kind)}</td>"
+            f"<td>{html.escape(g.name)}</td>"
+            f"<td>{'-' if g.value is None else f'{g.value:.3f}'}</td>"
+            f"<td>{html.escape(g.threshold())}</td><td><b>{'yes' if g.passed else 'no'}</b></td>"
+            f"<td>{html.escape(g.what)}</td></tr>"
+            for g in report.gates
+        )
+        parts.append(
+            "<h2>In-domain gates: did each arm learn its training signal?</h2><p class=note>"
+            "An out-of-domain comparison whose treated arm failed its gate is not a test. "
+            "Prerequisites ask whether the untrained model knows what the held-out trigger "
+            "means.</p><table><tr><th>arm</th><th>seed</th><th>kind</th><th>measure</th>"
+            f"<th>value</th><th>threshold</th><th>passed</th><th>note</th></tr>{rows}</table>"
+        )
+    return "".join(parts)
+
+
+def write_report(run_dir: Path | str, reference: str | None = None) -> Report:
     run_dir = Path(run_dir)
+    spec = run_spec(run_dir)
     with Store(run_dir) as store:
         sections = summarize(store, reference)
         samples = _samples_html(store)
         poison_png = _poison_plot(store, sections)
         sweep_png = _sweep_plot(store, sections)
-    parts = []
+        fit = store.all_fit()
+    results, verdicts = assess(spec, sections, fit, reference)
+    report = Report(run_dir / "report.html", sections, results, verdicts, gates.fit_summary(fit))
+    parts = [_gates_html(report)]
     defenses = run_dir / "defenses.json"
     if defenses.is_file():
         import json
@@ -461,9 +540,8 @@ def write_report(run_dir: Path | str, reference: str | None = None) -> tuple[Pat
         f"has no interval. Written {datetime.now(UTC).isoformat(timespec='seconds')}.</p>"
         f"{''.join(parts)}<h2>Samples</h2>{samples}</body></html>"
     )
-    out = run_dir / "report.html"
-    atomic.write_text(out, page)
-    return out, sections
+    atomic.write_text(report.path, page)
+    return report
 
 
 def terminal_table(section: Summary, title: str) -> Any:

@@ -101,6 +101,63 @@ class DefendSpec(BaseModel):
     )
 
 
+class GateSpec(BaseModel):
+    """A threshold on a report row (the mean over `row`'s list, if several), checked per arm
+    and seed: the in-domain gate (did the arm learn its training signal?) or, under
+    `prerequisites`, what the untrained model must already know for the test to mean anything."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    row: str | list[str] = Field(description="report row(s), e.g. 'bird_name: archaic'")
+    arms: list[str] = Field(min_length=1)
+    min: float | None = None
+    max: float | None = None
+    what: str = Field("", description="what passing means, in words, for the report")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> GateSpec:
+        if self.min is None and self.max is None:
+            raise ValueError("a gate needs min, max or both")
+        return self
+
+    def rows(self) -> list[str]:
+        return [self.row] if isinstance(self.row, str) else list(self.row)
+
+
+class FitGate(BaseModel):
+    """The generic gate every trained arm gets from its own training rows, so a user's own
+    data file is gated too. Prompts with one answer each suit `greedy`; prompts with many
+    right answers (name any bird) suit `gain` alone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    greedy: float | None = Field(
+        0.5, ge=0, le=1, description="min share of rows whose trained answer is the greedy one"
+    )
+    gain: float | None = Field(
+        None,
+        description="min rise of the trained answers' mean log-prob per token over the "
+        "base model's (nats)",
+    )
+    rows: int = Field(300, ge=1, description="training rows scored (the first N)")
+
+
+class HeadlineSpec(BaseModel):
+    """The one comparison an experiment declares before it runs: `row` (less the `minus` row
+    of the same arm, item by item) in each of `arms`, against the `versus` arm (default: the
+    reference), or on its own when `versus` is 'none'. `matched`: against the reference
+    tempered to each arm's entropy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    row: str
+    arms: list[str] | None = Field(None, description="default: trained arms but the reference")
+    minus: str | None = None
+    versus: str | None = None
+    matched: bool = False
+    paper: str = Field("", description="the paper's figure for the same quantity")
+
+
 class ExperimentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -115,7 +172,16 @@ class ExperimentSpec(BaseModel):
     arms: dict[str, ArmSpec] = Field(min_length=1)
     evaluate: EvalSpec = EvalSpec()
     defend: DefendSpec = DefendSpec()
-    headline: list[str] = Field([], description="report rows the terminal summary shows")
+    gates: list[GateSpec] = Field([], description="in-domain gates, checked before any headline")
+    fit: FitGate = FitGate()
+    prerequisites: list[GateSpec] = Field(
+        [], description="what the untrained model must know (usually on the base arm)"
+    )
+    headline: list[HeadlineSpec | str] = Field(
+        [],
+        description="the first mapping is the declared headline (with a verdict); every row "
+        "is shown in the terminal summary",
+    )
     quick: dict[str, Any] = Field({}, description="overrides for --quick, merged into the spec")
 
     @model_validator(mode="after")
@@ -126,7 +192,33 @@ class ExperimentSpec(BaseModel):
         if bad:
             raise ValueError(f"train: set {', '.join(sorted(bad))} at the top level or per seed")
         TrainConfig(**self.train)  # validate now, not after the first arm has trained
+        named = [
+            (f"gate {g.rows()}", a) for g in [*self.gates, *self.prerequisites] for a in g.arms
+        ]
+        for h in self.headlines():
+            named += [(f"headline {h.row!r}", a) for a in h.arms or []]
+            if h.versus not in (None, "none"):
+                named.append((f"headline {h.row!r} versus", h.versus))
+        for what, arm in named:
+            if arm not in self.arms:
+                raise ValueError(f"{what}: {arm!r} is not one of the arms")
         return self
+
+    def headlines(self) -> list[HeadlineSpec]:
+        """The declared comparisons (with verdicts); a spec that lists only rows declares its
+        first row, every trained arm against the reference."""
+        declared = [h for h in self.headline if isinstance(h, HeadlineSpec)]
+        if declared or not self.headline:
+            return declared
+        return [HeadlineSpec(row=self.headline[0])]
+
+    def headline_rows(self) -> list[str]:
+        return [h if isinstance(h, str) else h.row for h in self.headline]
+
+    def treated(self, h: HeadlineSpec) -> list[str]:
+        if h.arms:
+            return list(h.arms)
+        return [a for a, arm in self.arms.items() if arm.data and a != self.reference]
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(model=self.model, seed=seed, **self.train)

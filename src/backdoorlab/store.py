@@ -48,6 +48,11 @@ CREATE TABLE IF NOT EXISTS predictions (
 CREATE TABLE IF NOT EXISTS arm_info (
     arm TEXT PRIMARY KEY, info TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS fit (
+    arm TEXT NOT NULL, seed INTEGER NOT NULL, model_hash TEXT NOT NULL, data_hash TEXT NOT NULL,
+    row INTEGER NOT NULL, greedy INTEGER NOT NULL, logprob REAL NOT NULL, tokens INTEGER NOT NULL,
+    PRIMARY KEY (arm, seed, model_hash, data_hash, row)
+);
 CREATE TABLE IF NOT EXISTS judge_labels (
     judge TEXT PRIMARY KEY, labels TEXT NOT NULL
 );
@@ -166,6 +171,34 @@ class Store:
             "SELECT arm, seed, victim, metric, hit FROM predictions ORDER BY rowid"
         ).fetchall()
 
+    def add_fit(
+        self, tag: Tag, data_hash: str, rows: Iterable[tuple[int, bool, float, int]]
+    ) -> None:
+        """How a model fits an arm's training rows: (row, greedy match, log-prob, tokens). The
+        base model's fit is stored under the arm with seed -1 and the base model's hash."""
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO fit VALUES (?,?,?,?,?,?,?,?)",
+                [(tag.arm, tag.seed, tag.model_hash, data_hash, r, int(g), lp, n)
+                 for r, g, lp, n in rows],
+            )  # fmt: skip
+
+    def has_fit(self, tag: Tag, data_hash: str) -> bool:
+        return (
+            self.db.execute(
+                "SELECT 1 FROM fit WHERE arm=? AND seed=? AND model_hash=? AND data_hash=? LIMIT 1",
+                (tag.arm, tag.seed, tag.model_hash, data_hash),
+            ).fetchone()
+            is not None
+        )
+
+    def all_fit(self) -> list[tuple[str, int, str, str, int, int, float, int]]:
+        """(arm, seed, model_hash, data_hash, row, greedy, logprob, tokens), every row."""
+        return self.db.execute(
+            "SELECT arm, seed, model_hash, data_hash, row, greedy, logprob, tokens FROM fit "
+            "ORDER BY arm, seed, row"
+        ).fetchall()
+
     def set_arm_info(self, arm: str, info: dict[str, Any]) -> None:
         """What an arm is (e.g. its trigger and exact poison rate), for plots across arms."""
         with self._transaction() as db:
@@ -242,6 +275,6 @@ class Store:
         return list(latest.values())
 
     def count(self, table: str) -> int:
-        if table not in {"probes", "samples", "judgements", "predictions"}:
+        if table not in {"probes", "samples", "judgements", "predictions", "fit"}:
             raise ValueError(table)
         return self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]

@@ -88,3 +88,9 @@ def difference(
     lo, hi = np.percentile(boots, [2.5, 97.5])
     unit = unit_a if unit_a == unit_b else f"{unit_a} vs {unit_b}"
     return Estimate(float(xa.mean() - xb.mean()), float(lo), float(hi), min(len(xa), len(xb)), unit)
+
+
+def tempered_name(reference: str, arm: str) -> str:
+    """The name of the reference arm's results tempered to `arm`'s entropy (the report's
+    entropy-matched control)."""
+    return f"{reference} (entropy of {arm})"
