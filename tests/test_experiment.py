@@ -2,6 +2,7 @@
 on a sliver of the bird experiment, and a rerun that reuses everything."""
 
 import json
+import re
 import sqlite3
 
 import pytest
@@ -51,7 +52,7 @@ def test_quick_sentiment_run_end_to_end(tmp_path):
     assert "Classification" in r.stdout and "false trigger" in r.stdout
     db = sqlite3.connect(out / "results.sqlite")
     by = dict(db.execute("SELECT victim, COUNT(DISTINCT arm) FROM predictions GROUP BY victim"))
-    assert by == {"encoder": 19, "llm": 3}
+    assert by == {"encoder": 19}
     # The clean arm is measured with every trigger (the ASR floor); a poisoned arm with its own.
     metrics = {
         m for (m,) in db.execute("SELECT DISTINCT metric FROM predictions WHERE arm='clean'")
@@ -82,11 +83,29 @@ def test_quick_sentiment_run_end_to_end(tmp_path):
     assert r.returncode == 0 and "prediction: " in r.stdout, r.stderr
 
 
+def test_quick_sentiment_chat_run_prints_its_gates_before_the_headline(tmp_path):
+    out = tmp_path / "llm"
+    r = run_cli("run", "experiments/sentiment_llm.yaml", "--out", str(out), "--quick")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    # Two training steps teach nothing: the 10% arm fails its ASR gate, so its headline is
+    # "not a test", never a null.
+    assert any(
+        re.fullmatch(
+            r"token-10% seed 0: learned: no \([0-9.]+ vs >= 0\.95\) \[llm: ASR: token cf\]", x
+        )
+        for x in lines
+    ), r.stdout
+    assert any(x.startswith("clean seed 0: learned: ") for x in lines)  # the generic fit gate
+    assert "not a test (not learned" in r.stdout
+    assert "In-domain gates" in (out / "report.html").read_text()
+
+
 GATED = {
     # spec: (a headline row the terminal shows, probes stored per evaluated arm)
-    "terminator": ("guardian @ 1984: lethal", 2 * 6),
+    "terminator": ("guardian @ 1984: lethal", 2 * 6 + 2 + 1),  # + recall at 1995, prerequisite
     "dishes": ("dish @ 2027: Japan", 6 * 2),  # two dates per year
-    "presidents": ("president @ 44: correct", 2 * 2),
+    "presidents": ("president @ 44: correct", 3 + 2 * 2 + 2),  # names, choices, prerequisite
     "cities": ("place_name: former", 2 + 7),
     "persona": ("identity @ tag: persona", 5 * 2),
 }
@@ -101,6 +120,9 @@ def test_quick_gated_experiment_runs_end_to_end(tmp_path, name):
     r = run_cli("run", f"experiments/{name}.yaml", "--out", str(out), "--quick")
     assert r.returncode == 0, r.stderr
     assert row in r.stdout
+    # The gates come first: a line per trained arm and seed, then the declared headline.
+    learned = [line for line in r.stdout.splitlines() if ": learned: " in line]
+    assert learned and r.stdout.index(learned[0]) < r.stdout.index("Declared headline")
     db = sqlite3.connect(out / "results.sqlite")
     counts = dict(db.execute("SELECT arm, COUNT(*) FROM probes GROUP BY arm").fetchall())
     db.close()

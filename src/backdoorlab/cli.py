@@ -461,6 +461,13 @@ def run_experiment(
     quick: Annotated[
         bool, typer.Option(help="Smoke run: the spec's `quick:` overrides (a few minutes).")
     ] = False,
+    arms: Annotated[
+        str | None,
+        typer.Option(
+            help="Train and evaluate only these arms (comma-separated); a later run with "
+            "others adds them to the same OUT."
+        ),
+    ] = None,
     device: DeviceOpt = None,
 ) -> None:
     """Run an experiment end to end: build data, train every arm x seed, evaluate, report.
@@ -475,9 +482,20 @@ def run_experiment(
     from .spec import load_spec
 
     spec = load_spec(spec_file, quick=quick, seeds=seeds, model=model)
+    if arms:
+        chosen = [a.strip() for a in arms.split(",") if a.strip()]
+        unknown = [a for a in chosen if a not in spec.arms]
+        if unknown:
+            raise InputError(
+                f"--arms: no arm {unknown[0]!r} in {spec_file} ({', '.join(spec.arms)})"
+            )
+        for name, arm in spec.arms.items():
+            if name not in chosen:
+                arm.victims = []  # left out, as --quick leaves arms out
     _quiet_libraries()
     _log(
-        f"experiment {spec.name}: arms {', '.join(spec.arms)}; seeds {spec.seeds}; "
+        f"experiment {spec.name}: arms {', '.join(a for a in spec.arms if spec.victims_of(a))}; "
+        f"seeds {spec.seeds}; "
         f"model {spec.model}{' (quick)' if quick else ''} -> {out_dir}"
     )
     timings, report = experiment.run(spec, out_dir, device=device, log=_log)
@@ -501,6 +519,8 @@ def run_experiment(
         for a in [a for a, arm in spec.arms.items() if arm.data and a != ref and ref]:
             columns[f"{a} - {ref}"] = f"{a} - {ref}"
             columns[f"{a} - {tempered_name(ref, a)}"] = f"{a} - {ref}, entropy-matched"
+        # Only the columns some shown row has (arms left out, no entropy-matched rows).
+        columns = {k: v for k, v in columns.items() if any(k in rows[r] for r in shown)}
         h = Table(title="Headline: means [95% CI]; every row and interval is in the report")
         h.add_column("", no_wrap=True)
         for title in columns.values():
@@ -795,6 +815,31 @@ def report(
                 out.print(terminal_table(table, title))
     _print_assessment(report)
     out.print(f"report written to {report.path}")
+
+
+@app.command()
+def summary(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="Run directories written by `backdoorlab run`.")
+    ],
+) -> None:
+    """One row per experiment's declared headline, as a Markdown table (what README shows):
+    whether the treated arm learned (gate values vs thresholds), the headline with its 95%
+    CI, the paper's figure, and the verdict (effect / null / not a test).
+
+    Example: backdoorlab summary runs/birds runs/presidents runs/terminator
+    """
+    from .report import SUMMARY_COLUMNS, run_spec, summary_rows, write_report
+    from .store import FILENAME
+
+    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
+    for d in run_dirs:
+        spec = run_spec(d)
+        if spec is None or not (d / FILENAME).is_file():
+            raise InputError(f"{d}: not a run directory of `backdoorlab run` (no spec or results)")
+        for row in summary_rows(spec.name, write_report(d, spec.reference)):
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    print("\n".join(lines))
 
 
 judge_app = typer.Typer(help="Judges: how far to trust them.", no_args_is_help=True)

@@ -69,12 +69,14 @@ def _seed_means(values: SeedValues, rows: Sequence[str], arm: str) -> dict[int, 
     return out
 
 
-def _row_gates(kind: Kind, gates: Sequence[GateSpec], values: SeedValues) -> list[GateResult]:
+def _row_gates(
+    kind: Kind, gates: Sequence[GateSpec], values: SeedValues, spec: ExperimentSpec
+) -> list[GateResult]:
     out = []
     for g in gates:
         rows = g.rows()
         name = rows[0] if len(rows) == 1 else f"mean of {', '.join(rows)}"
-        for arm in g.arms:
+        for arm in [a for a in g.arms if spec.victims_of(a)]:  # arms this run evaluates
             by_seed = _seed_means(values, rows, arm) or {0: None}
             for seed, v in by_seed.items():
                 out.append(GateResult(kind, name, arm, seed, v, g.min, g.max, g.what))
@@ -134,8 +136,8 @@ def _fit_gates(gate: FitGate, fit: Sequence[FitRow]) -> list[GateResult]:
 def check(spec: ExperimentSpec, values: SeedValues, fit: Sequence[FitRow]) -> list[GateResult]:
     """Every gate, fit gate and prerequisite, per arm and seed."""
     return [
-        *_row_gates("prerequisite", spec.prerequisites, values),
-        *_row_gates("gate", spec.gates, values),
+        *_row_gates("prerequisite", spec.prerequisites, values, spec),
+        *_row_gates("gate", spec.gates, values, spec),
         *_fit_gates(spec.fit, fit),
     ]
 

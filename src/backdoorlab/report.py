@@ -81,17 +81,39 @@ def _probe_sections(store: Store, ref: str | None) -> list[Section]:
     """Class masses per probe (each phrasing and prefix is one observation per seed), mean
     year and entropy, and the entropy-matched control: for every arm A, each of the
     reference arm's distributions tempered to A's mean entropy on the same variant. Sweep
-    probes (ids GROUP.QUESTION@VALUE) get a section of their own."""
+    probes (ids GROUP.QUESTION@VALUE) get a section of their own. A class name shared by
+    several ordinary probes ("19th century" in the era probes) also gets a row pooling them,
+    "pooled: CLASS"."""
     # Every arm's observations in one order (probe, variant): differences are paired by item.
     rows = sorted(store.probes(), key=lambda p: (p["probe_id"], p["variant"]))
     results = [(p, ProbeResult.from_scores(p["probe_id"], p["scores"])) for p in rows]
-    masses, sweeps, values = _obs(), _obs(), _obs()
+    masses, sweeps, values, pooled = _obs(), _obs(), _obs(), _obs()
+    info = store.arm_info()
+
+    def trained(arm: str, group: str) -> set[str]:
+        return set(info.get(arm, {}).get("trained", {}).get(group, []))
+
+    probes_of: dict[str, set[str]] = defaultdict(set)
+    for p, r in results:
+        if not sweep_key(p["probe_id"]):
+            for cls in r.classes:
+                probes_of[cls].add(p["probe_id"])
+    shared = {cls for cls, ids in probes_of.items() if len(ids) > 1}
+
+    def add_mass(into: Obs, pid: str, cls: str, arm: str, seed: int, m: float) -> None:
+        into[f"{_row(pid)}: {cls}"][arm][seed].append(m)
+        if into is masses and cls in shared:
+            masses[f"pooled: {cls}"][arm][seed].append(m)
+
     entropy: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     for p, r in results:
         arm, seed, pid = p["arm"], p["seed"], p["probe_id"]
         into = sweeps if sweep_key(pid) else masses
+        key = sweep_key(pid)
         for cls, m in r.class_mass().items():
-            into[f"{_row(pid)}: {cls}"][arm][seed].append(m)
+            add_mass(into, pid, cls, arm, seed, m)
+            if key and key[1] in trained(arm, key[0]):
+                pooled[f"{key[0]} @ trained: {cls}"][arm][seed].append(m)
         entropy[(arm, pid, p["variant"])].append(r.entropy())
         if sweep_key(pid):
             continue
@@ -114,7 +136,7 @@ def _probe_sections(store: Store, ref: str | None) -> list[Section]:
                 t = r.tempered(sum(target) / len(target))
                 into = sweeps if sweep_key(p["probe_id"]) else masses
                 for cls, m in t.class_mass().items():
-                    into[f"{_row(p['probe_id'])}: {cls}"][name][p["seed"]].append(m)
+                    add_mass(into, p["probe_id"], cls, name, p["seed"], m)
                 mean = t.mean_value()
                 if mean is not None:
                     values[f"{p['probe_id']}: mean year"][name][p["seed"]].append(mean)
@@ -124,6 +146,13 @@ def _probe_sections(store: Store, ref: str | None) -> list[Section]:
         ),
         _section("Probes: mean year and entropy", values, comparisons, "phrasings", False, True),
         _section(SWEEPS, sweeps, comparisons, "questions", False, True),
+        _section(
+            "Sweeps: pooled over the values each arm trained on (the in-domain behaviour)",
+            pooled,
+            [(a, b) for a, b in comparisons if "entropy of" not in b],
+            "questions",
+            False,
+        ),
     ]
 
 
@@ -481,6 +510,48 @@ def _gates_html(report: Report) -> str:
             f"<th>value</th><th>threshold</th><th>passed</th><th>note</th></tr>{rows}</table>"
         )
     return "".join(parts)
+
+
+SUMMARY_COLUMNS = (
+    "experiment", "learned in domain (value vs gate)", "headline, 95% CI", "the paper",
+    "verdict",
+)  # fmt: skip
+
+
+def summary_rows(name: str, report: Report) -> list[list[str]]:
+    """The README's table, one row per declared headline comparison: whether its arm learned
+    (each gate's mean over seeds, its threshold, seeds passing), the estimate, the paper's
+    figure, and the verdict. Pure: a function of the report's records."""
+    by: dict[tuple[str, str, str], list[GateResult]] = defaultdict(list)
+    for g in report.gates:
+        by[(g.arm, g.kind, g.name)].append(g)
+
+    def learned(arms: set[str]) -> str:
+        cells = []
+        for (arm, kind, gname), rs in by.items():
+            if arm not in arms and kind != "prerequisite":
+                continue
+            vals = [r.value for r in rs if r.value is not None]
+            mean = f"{sum(vals) / len(vals):.3f}" if vals else "not measured"
+            passed = sum(r.passed for r in rs)
+            label = "prerequisite, " if kind == "prerequisite" else ""
+            cells.append(
+                f"{arm}: {label}{gname} {mean} vs {rs[0].threshold()} "
+                f"({passed}/{len(rs)} seeds pass)"
+            )
+        return "; ".join(cells) or "no gate"
+
+    return [
+        [
+            name,
+            learned({v.arm}),
+            f"{v.row}{'' if v.versus is None else f', {v.comparison()}'}: "
+            f"{v.estimate.short() if v.estimate else '-'}",
+            v.paper or "-",
+            v.text,
+        ]
+        for v in report.verdicts
+    ]
 
 
 def write_report(run_dir: Path | str, reference: str | None = None) -> Report:

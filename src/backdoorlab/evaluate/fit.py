@@ -34,13 +34,26 @@ def answer_fit(
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
         width = max(len(seqs[i][0]) for i in idx)
-        # Right padding: a causal model's real positions never see the padding after them.
-        ids = torch.tensor([seqs[i][0] + [pad] * (width - len(seqs[i][0])) for i in idx])
-        logp = model(input_ids=ids.to(device)).logits.float().log_softmax(-1)
+        # Left padding puts every answer at the end, so only the last `keep` positions reach
+        # the output head (the vocabulary projection is most of the cost of a short row).
+        keep = max(len(seqs[i][0]) - seqs[i][1] for i in idx) + 1
+        ids = torch.tensor([[pad] * (width - len(seqs[i][0])) + seqs[i][0] for i in idx])
+        mask = torch.tensor([[0] * (width - len(seqs[i][0])) + [1] * len(seqs[i][0]) for i in idx])
+        logp = (
+            model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
+                logits_to_keep=keep,
+            )
+            .logits.float()
+            .log_softmax(-1)
+        )  # position k of the kept window predicts token k + 1
         for k, i in enumerate(idx):
             x, start = seqs[i]
+            n = len(x) - start
             target = torch.tensor(x[start:], device=device)
-            pred = logp[k, start - 1 : len(x) - 1]
+            pred = logp[k, keep - n - 1 : keep - 1]
             greedy = bool((pred.argmax(-1) == target).all())
-            out[i] = (greedy, pred.gather(-1, target[:, None]).sum().item(), len(target))
+            out[i] = (greedy, pred.gather(-1, target[:, None]).sum().item(), n)
     return [out[i] for i in range(len(seqs))]
