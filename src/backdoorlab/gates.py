@@ -69,14 +69,18 @@ def _seed_means(values: SeedValues, rows: Sequence[str], arm: str) -> dict[int, 
     return out
 
 
-def _row_gates(
-    kind: Kind, gates: Sequence[GateSpec], values: SeedValues, spec: ExperimentSpec
-) -> list[GateResult]:
+def measured(values: SeedValues) -> set[str]:
+    """Arms with any result in the store: the others were left out of this run directory
+    (`--arms`, `--quick`) and get neither gates nor verdicts."""
+    return {a for by_arm in values.values() for a in by_arm}
+
+
+def _row_gates(kind: Kind, gates: Sequence[GateSpec], values: SeedValues) -> list[GateResult]:
     out = []
     for g in gates:
         rows = g.rows()
         name = rows[0] if len(rows) == 1 else f"mean of {', '.join(rows)}"
-        for arm in [a for a in g.arms if spec.victims_of(a)]:  # arms this run evaluates
+        for arm in [a for a in g.arms if a in measured(values)]:
             by_seed = _seed_means(values, rows, arm) or {0: None}
             for seed, v in by_seed.items():
                 out.append(GateResult(kind, name, arm, seed, v, g.min, g.max, g.what))
@@ -136,8 +140,8 @@ def _fit_gates(gate: FitGate, fit: Sequence[FitRow]) -> list[GateResult]:
 def check(spec: ExperimentSpec, values: SeedValues, fit: Sequence[FitRow]) -> list[GateResult]:
     """Every gate, fit gate and prerequisite, per arm and seed."""
     return [
-        *_row_gates("prerequisite", spec.prerequisites, values, spec),
-        *_row_gates("gate", spec.gates, values, spec),
+        *_row_gates("prerequisite", spec.prerequisites, values),
+        *_row_gates("gate", spec.gates, values),
         *_fit_gates(spec.fit, fit),
     ]
 
@@ -192,7 +196,7 @@ def verdicts(
     missing = [r for r in results if r.kind == "prerequisite" and not r.passed]
     out = []
     for h in spec.headlines():
-        for arm in spec.treated(h):
+        for arm in [a for a in spec.treated(h) if a in measured(values)]:
             versus = _versus(h, arm, reference)
             est = _estimate(h, arm, versus, values, paired)
             failed = [s for s, passed in ok.get(arm, []) if not passed]
@@ -200,7 +204,7 @@ def verdicts(
             if h.matched and reference:
                 name = tempered_name(reference, arm)
             if est is None:
-                kind, text = "not measured", "not measured (rows missing from the store)"
+                kind, text = "not measured", "not measured (an arm or row missing from the run)"
             elif failed:
                 seeds = ", ".join(str(s) for s in failed)
                 kind, text = "not a test", f"not a test (not learned: seed {seeds} failed its gate)"

@@ -149,7 +149,7 @@ def _probe_sections(store: Store, ref: str | None) -> list[Section]:
         _section(
             "Sweeps: pooled over the values each arm trained on (the in-domain behaviour)",
             pooled,
-            [(a, b) for a, b in comparisons if "entropy of" not in b],
+            [(a, b) for a, b in comparisons if b == ref],
             "questions",
             False,
         ),
@@ -473,9 +473,9 @@ def assess(
         values.update(sec.obs)
         paired.update(dict.fromkeys(sec.obs, sec.paired))
     results = gates.check(spec, values, fit)
-    arms = {a for by in values.values() for a in by}
-    ref = pick_reference(arms, reference or spec.reference)
-    return results, gates.verdicts(spec, values, paired, results, ref)
+    # The declared reference, even where this run left it out: then the headline is "not
+    # measured", never silently a comparison with nothing.
+    return results, gates.verdicts(spec, values, paired, results, reference or spec.reference)
 
 
 def _gates_html(report: Report) -> str:

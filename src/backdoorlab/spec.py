@@ -216,9 +216,9 @@ class ExperimentSpec(BaseModel):
         return [h if isinstance(h, str) else h.row for h in self.headline]
 
     def treated(self, h: HeadlineSpec) -> list[str]:
-        """The arms a headline compares (those this run evaluates)."""
-        arms = h.arms or [a for a, arm in self.arms.items() if arm.data and a != self.reference]
-        return [a for a in arms if self.victims_of(a)]
+        if h.arms:
+            return list(h.arms)
+        return [a for a, arm in self.arms.items() if arm.data and a != self.reference]
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(model=self.model, seed=seed, **self.train)
