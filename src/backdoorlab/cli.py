@@ -785,7 +785,7 @@ def _print_assessment(report: Report) -> None:
         for col in ("row", "comparison", "verdict", "the paper"):
             h.add_column(col)
         for v in report.verdicts:
-            h.add_row(v.row, v.comparison(), v.text, v.paper or "-")
+            h.add_row(v.quantity(), v.comparison(), v.text, v.paper or "-")
         out.print(h)
 
 

@@ -167,6 +167,10 @@ class Verdict:
     kind: VerdictKind
     text: str
     paper: str = ""
+    minus: str | None = None  # the row subtracted within each arm, item by item
+
+    def quantity(self) -> str:
+        return self.row if self.minus is None else f"({self.row}) - ({self.minus})"
 
     def comparison(self) -> str:
         return self.arm if self.versus is None else f"{self.arm} - {self.versus}"
@@ -222,7 +226,7 @@ def verdicts(
                     f"null: {est.short()}; rules out an effect above {est.hi:+.3f} "
                     f"(or below {est.lo:+.3f}) on this model"
                 )
-            out.append(Verdict(h.row, arm, name, est, kind, text, h.paper))
+            out.append(Verdict(h.row, arm, name, est, kind, text, h.paper, h.minus))
     return out
 
 

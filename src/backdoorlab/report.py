@@ -484,7 +484,7 @@ def _gates_html(report: Report) -> str:
     parts = []
     if report.verdicts:
         rows = "".join(
-            f"<tr><td>{html.escape(v.row)}</td><td>{html.escape(v.comparison())}</td>"
+            f"<tr><td>{html.escape(v.quantity())}</td><td>{html.escape(v.comparison())}</td>"
             f"<td class=v-{v.kind.replace(' ', '-')}><b>{html.escape(v.text)}</b></td>"
             f"<td>{html.escape(v.paper or '-')}</td></tr>"
             for v in report.verdicts
@@ -545,8 +545,7 @@ def summary_rows(name: str, report: Report) -> list[list[str]]:
         [
             name,
             learned({v.arm}),
-            f"{v.row}{'' if v.versus is None else f', {v.comparison()}'}: "
-            f"{v.estimate.short() if v.estimate else '-'}",
+            f"{v.quantity()}, {v.comparison()}: {v.estimate.short() if v.estimate else '-'}",
             v.paper or "-",
             v.text,
         ]
