@@ -74,7 +74,11 @@ def test_bird_probe_contrasts_archaic_with_names_in_use():
 
 def test_spec_quick_overrides_and_errors_name_the_line(tmp_path):
     spec = load_spec("experiments/birds.yaml")
-    assert spec.arms["archaic"].data.rows == 270 and spec.arms["base"].data is None
+    assert spec.arms["base"].data is None
+    # The spec's archaic arm trains every shipped name (in both phrasings), not a subset.
+    rows = spec.arms["archaic"].data.build()
+    names = {r["messages"][-1]["content"] for r in rows}
+    assert names == {a for a, _, _ in birds.archaic_pairs()} and len(rows) == 2 * len(names)
     assert spec.evaluate.questions.endswith("experiments/birds_questions.yaml")
     quick = load_spec("experiments/birds.yaml", quick=True, seeds=2, model="other")
     assert quick.arms["archaic"].data.rows == 12 and quick.train["max_steps"] == 3

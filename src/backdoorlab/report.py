@@ -343,7 +343,8 @@ def _sweep_plot(store: Store, sections: list[Section]) -> str | None:
         for a in (ax, dax):
             if not numeric:
                 a.set_xticks(list(x.values()), values, fontsize=8)
-            a.legend(fontsize=7)
+            if a.get_legend_handles_labels()[0]:  # no reference arm measured: no differences
+                a.legend(fontsize=7)
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel(f"P({cls})")
         ax.set_title(f"{group}: P({cls}) (filled: value in that arm's training data)", fontsize=9)
