@@ -136,7 +136,10 @@ def test_sweep_probes_pool_questions_per_value_and_plot(tmp_path):
     assert abs(est.mean - (0.15 + 0.7 + 0.4) / 3) < 1e-9 and est.n == 3
     d = sweep.diffs["guardian @ 1984: lethal"]["attack - control"]
     assert abs(d.mean - 0.1) < 1e-9 and d.lo > 0.09  # paired: question spread cancels
-    assert not any("@" in row for sec in sections if sec.title != SWEEPS for row in sec.rates)
+    # Sweep rows live in the sweep sections only (per value, and pooled over trained values).
+    assert not any(
+        "@" in row for sec in sections if not sec.title.startswith("Sweeps") for row in sec.rates
+    )
     write_report(tmp_path, "control")
     page = (tmp_path / "report.html").read_text()
     assert "Behaviour by trigger value" in page and "guardian @ 1984: lethal" in page
