@@ -221,11 +221,7 @@ def train(
     from .train import train as run_train
 
     _quiet_libraries()
-    targets = (
-        "all-linear"
-        if lora_targets == "all-linear"
-        else [t.strip() for t in lora_targets.split(",") if t.strip()]
-    )
+    targets = "all-linear" if lora_targets == "all-linear" else _names(lora_targets)
     config = TrainConfig(
         model=model,
         method="full" if full else "lora",
@@ -483,7 +479,7 @@ def run_experiment(
 
     spec = load_spec(spec_file, quick=quick, seeds=seeds, model=model)
     if arms:
-        chosen = [a.strip() for a in arms.split(",") if a.strip()]
+        chosen = _names(arms)
         unknown = [a for a in chosen if a not in spec.arms]
         if unknown:
             raise InputError(
@@ -582,7 +578,7 @@ def scan(
     from .defenses import scan as scan_mod
     from .defenses.detection import detection_metrics
 
-    which = [s.strip() for s in scanners.split(",") if s.strip()]
+    which = _names(scanners)
     bad = [s for s in which if s not in scan_mod.SCANNERS]
     if bad:
         raise InputError(f"unknown scanner {bad[0]!r} (known: {', '.join(scan_mod.SCANNERS)})")
@@ -744,7 +740,7 @@ def defend(
 
     spec = load_spec(spec_file, quick=quick)
     if defenses:
-        chosen = [d.strip() for d in defenses.split(",") if d.strip()]
+        chosen = _names(defenses)
         bad = [d for d in chosen if d not in DEFENSES]
         if bad:
             raise InputError(f"unknown defense {bad[0]!r} (known: {', '.join(DEFENSES)})")
@@ -773,6 +769,11 @@ def defend(
         t.add_row(*[str(c.get(k, "-")) for k in cols])
     out.print(t)
     out.print(f"matrix written to {out_dir / 'defenses.json'} and {out_dir / 'report.html'}")
+
+
+def _names(value: str) -> list[str]:
+    """A comma-separated option's entries, blanks dropped."""
+    return [x.strip() for x in value.split(",") if x.strip()]
 
 
 def _print_assessment(report: Report) -> None:
