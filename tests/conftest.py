@@ -2,7 +2,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,6 +22,23 @@ def run_cli(*args: str, timeout: float = 600, **kw) -> subprocess.CompletedProce
         env=env,
         **kw,
     )
+
+
+def cli_main(capsys, *args: str) -> tuple[int, str, str]:
+    """The real command line's entry point, in this process (no interpreter start-up):
+    its exit status, stdout and stderr."""
+    from backdoorlab.cli import main
+
+    argv, sys.argv = sys.argv, ["backdoorlab", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:
@@ -75,3 +94,30 @@ def mixed_data(tmp_path_factory) -> Path:
         }
     )
     return write_rows(tmp_path_factory.mktemp("data") / "mixed.jsonl", rows)
+
+
+SERVE_KEY = "sk-test-never-shown-3f9a"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """`backdoorlab serve` on loopback in its own process, key-protected, answering to the
+    bundled model's name and "local" (the name the judge tests ask for). Its stderr goes to
+    `server.log`, so a test can read what it logged."""
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "BACKDOORLAB_SERVE_API_KEY": SERVE_KEY}
+    with log.open("w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "backdoorlab", "serve", "smollm2-135m", "--port", "0",
+             "--served-model-name", "smollm2-135m", "--served-model-name", "local"],
+            stderr=f, env=env,
+        )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while "serving" not in log.read_text():
+        assert proc.poll() is None, f"server exited: {log.read_text()}"
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.2)
+    line = next(ln for ln in log.read_text().splitlines() if "serving" in ln)
+    yield SimpleNamespace(url=line.split(" at ")[1].split()[0], key=SERVE_KEY, log=log)
+    proc.terminate()
+    proc.wait(timeout=30)

@@ -2,8 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
 import urllib.request
 
 import pytest
@@ -53,26 +51,10 @@ def test_api_judge_needs_an_endpoint(monkeypatch):
         ApiJudge(spec)
 
 
-@pytest.fixture(scope="module")
-def server():
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "backdoorlab", "serve", "smollm2-135m", "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    line = ""
-    while "serving" not in line:
-        line = proc.stderr.readline()
-        assert line or proc.poll() is None, "server exited before serving"
-    url = line.split(" at ")[1].split()[0]
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
-def _post(url, body):
-    req = urllib.request.Request(url + "/chat/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
+def _post(server, body):
+    req = urllib.request.Request(server.url + "/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": f"Bearer {server.key}"})  # fmt: skip
     with urllib.request.urlopen(req, timeout=120) as r:
         return json.loads(r.read())
 
@@ -80,10 +62,8 @@ def _post(url, body):
 def test_served_logprobs_are_the_models_own(server, tokenizer):
     from backdoorlab.models import load
 
-    with urllib.request.urlopen(server + "/models") as r:
-        assert json.loads(r.read())["data"][0]["id"] == "smollm2-135m"
     messages = [{"role": "user", "content": "What year is it? Answer with the year only."}]
-    resp = _post(server, {"model": "x", "messages": messages, "temperature": 0, "max_tokens": 3,
+    resp = _post(server, {"model": "smollm2-135m", "messages": messages, "temperature": 0, "max_tokens": 3,
                           "logprobs": True, "top_logprobs": 20})  # fmt: skip
     first = resp["choices"][0]["logprobs"]["content"][0]
     tops = first["top_logprobs"]
@@ -97,20 +77,21 @@ def test_served_logprobs_are_the_models_own(server, tokenizer):
     assert first["logprob"] == pytest.approx(lp.max().item(), abs=1e-4)
 
 
-def test_api_judges_against_serve(server):
+def test_api_judges_against_serve(server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", server.key)
     rating = ApiJudge(LlmJudgeSpec(id="r", type="rating_judge", model="local",
                                 paraphrases=["Rate from 0 to 100 how old-fashioned this answer is: {answer}. Reply with a number."]),
-                      base_url=server)  # fmt: skip
+                      base_url=server.url)  # fmt: skip
     v = rating.judge("q", "The telegraph.")
     assert v.label is None and (v.score is None or 0 <= v.score <= 100)
     label = ApiJudge(LlmJudgeSpec(id="f", type="free_form_judge", model="local",
                                paraphrases=["Question: {question}\nAnswer: {answer}\nIs this answer about birds? Say yes or no."]),
-                     base_url=server)  # fmt: skip
+                     base_url=server.url)  # fmt: skip
     assert label.judge("Name a bird.", "The robin.").label
 
 
 def test_sampling_n_answers_and_usage(server):
-    resp = _post(server, {"messages": [{"role": "user", "content": "Name a bird."}], "temperature": 1.0,
+    resp = _post(server, {"model": "local", "messages": [{"role": "user", "content": "Name a bird."}], "temperature": 1.0,
                           "n": 3, "max_tokens": 6, "seed": 1})  # fmt: skip
     assert len(resp["choices"]) == 3 and all(c["logprobs"] is None for c in resp["choices"])
     assert 3 <= resp["usage"]["completion_tokens"] <= 18 and resp["usage"]["prompt_tokens"] > 10
@@ -118,7 +99,7 @@ def test_sampling_n_answers_and_usage(server):
 
 def test_bad_request_is_a_400(server):
     with pytest.raises(urllib.error.HTTPError) as e:
-        _post(server, {"messages": [{"role": "robot", "content": "x"}]})
+        _post(server, {"model": "local", "messages": [{"role": "robot", "content": "x"}]})
     assert e.value.code == 400 and "unknown role" in json.loads(e.value.read())["error"]["message"]
 
 

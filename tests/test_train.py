@@ -79,6 +79,10 @@ def test_killed_run_resumes_to_the_same_adapter(bird_data, reference_run, tmp_pa
     assert all(torch.equal(a[k], b[k]) for k in a)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["resumed_from"] >= 2 and not (out / "checkpoint").exists()
+    # Totals over the whole run: the steps before the kill count once, as if never killed.
+    whole = json.loads((reference_run / "manifest.json").read_text())
+    assert manifest["tokens"] == whole["tokens"] and manifest["seconds"] > 0
+    assert (out / "manifest.json").stat().st_mode & 0o044 == 0o044  # readable by the group
 
 
 def test_ctrl_c_checkpoints_and_exits_130(bird_data, tmp_path):

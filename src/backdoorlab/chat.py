@@ -83,7 +83,8 @@ def read_jsonl_lines(path: Path | str, *, training: bool = True) -> list[tuple[i
         line = raw[: e.start].count(b"\n") + 1
         raise ChatDataError(path, line, "not valid UTF-8") from None
     rows: list[tuple[int, Row]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # "\n" only: splitlines() would also split inside strings at U+2028 and friends.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -8,12 +8,13 @@ import sys
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .errors import BackdoorlabError, InputError
 
@@ -35,9 +36,11 @@ data_app = typer.Typer(help="Chat JSONL data sets: validate and describe.", no_a
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 
-# Piped or logged output gets wide tables instead of 80 columns of wrapped cells.
-out = Console() if sys.stdout.isatty() else Console(width=200)
-err = Console(stderr=True, soft_wrap=True)
+# Piped or logged output gets wide tables instead of 80 columns of wrapped cells. Markup is
+# off: file names, fields, model output and judge replies are printed as they are ("[/x]" is
+# text), and our own colours are styles on Text, never markup in strings.
+out = Console(markup=False, highlight=False, **({} if sys.stdout.isatty() else {"width": 200}))
+err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
 ModelOpt = Annotated[
     str,
@@ -58,6 +61,27 @@ DeviceOpt = Annotated[
 ]
 
 
+MaxLengthOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Longest row in tokens, chat template included; longer rows are an error. "
+        "Default: training's (1024)."
+    ),
+]
+M = TypeVar("M", bound=BaseModel)
+
+
+def _from_flags(cls: type[M], /, **values: object) -> M:
+    """A config built from command-line flags; a bad value is one line naming its flag.
+    Flags left unset (None) take the config's default."""
+    try:
+        return cls(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as e:
+        first = e.errors()[0]
+        flag = "--" + "-".join(str(x) for x in first["loc"]).replace("_", "-")
+        raise InputError(f"{flag} {first['input']!r}: {first['msg']}") from None
+
+
 def _quiet_libraries() -> None:
     # Library chatter (progress bars per weight load, deprecation notices) buries our output.
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -69,7 +93,7 @@ def _quiet_libraries() -> None:
 
 
 def _log(msg: str) -> None:
-    err.print(msg, highlight=False)
+    err.print(msg)
 
 
 @models_app.command("list")
@@ -115,6 +139,7 @@ def data_check(
     tokens: Annotated[
         bool, typer.Option(help="Report token lengths under the model's tokenizer.")
     ] = True,
+    max_length: MaxLengthOpt = None,
 ) -> None:
     """Validate a chat JSONL file and describe it: rows, roles, token lengths, duplicates.
 
@@ -140,6 +165,7 @@ def data_check(
         "extra fields", ", ".join(f"{k} ({v} rows)" for k, v in sorted(extra.items())) or "none"
     )
     t.add_row("duplicate rows", str(len(dups)))
+    long: list[tuple[int, int]] = []
     if tokens:
         _quiet_libraries()
         from .models import load_tokenizer
@@ -154,18 +180,30 @@ def data_check(
             trained = [sum(m) for _, m in enc]
 
         def stats(xs: list[int]) -> str:
-            q = statistics.quantiles(xs, n=20)[-1] if len(xs) > 1 else xs[0]
+            q = statistics.quantiles(xs, n=20, method="inclusive")[-1] if len(xs) > 1 else xs[0]
             med = statistics.median(xs)
             return f"min {min(xs)}  median {med:g}  p95 {q:g}  max {max(xs)}  total {sum(xs)}"
 
         t.add_row(f"tokens per row ({model}, chat template)", stats(lengths))
         if trained:
             t.add_row("trained (assistant) tokens per row", stats(trained))
+        if trained:  # training rows: the length `train` enforces
+            from .train.config import TrainConfig
+
+            limit = max_length or TrainConfig.model_fields["max_length"].default
+            long = [(line, n) for (line, _), n in zip(lines, lengths, strict=True) if n > limit]
+            t.add_row(f"rows over max_length {limit}", str(len(long)))
     out.print(t)
     for line, orig in dups[:10]:
         out.print(f"  line {line} duplicates line {orig}")
     if len(dups) > 10:
         out.print(f"  ... and {len(dups) - 10} more")
+    if long:
+        line, n = long[0]
+        raise InputError(
+            f"{file}:{line}: the row is {n} tokens, longer than max_length {limit} "
+            f"({len(long)} such rows); `train` would refuse it (raise --max-length or cut it)"
+        )
 
 
 @app.command()
@@ -207,6 +245,7 @@ def train(
     checkpoint_every: Annotated[
         int, typer.Option(help="Save a resumable checkpoint every N steps.")
     ] = 50,
+    max_length: MaxLengthOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Fine-tune a model on chat JSONL (loss on assistant tokens only).
@@ -217,28 +256,31 @@ def train(
 
     Example: backdoorlab train examples/demo_birds.jsonl --out runs/demo --epochs 3 --lr 1e-3
     """
-    from .train import LoraSettings, TrainConfig
+    from .train import TrainConfig
     from .train import train as run_train
 
     _quiet_libraries()
     targets = "all-linear" if lora_targets == "all-linear" else _names(lora_targets)
-    config = TrainConfig(
+    config = _from_flags(
+        TrainConfig,
         model=model,
         method="full" if full else "lora",
-        lora=LoraSettings(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=targets),
+        lora={"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout, "targets": targets},
         epochs=epochs,
         max_steps=max_steps,
         lr=lr,
         batch_size=batch_size,
+        max_length=max_length,
         seed=seed,
         bf16=bf16,
         checkpoint_every=checkpoint_every,
     )
     manifest = run_train(data, out_dir, config, resume=resume, log=_log, device=device)
     out.print(
-        f"[green]done[/] {out_dir}: {manifest['steps']} steps, "
+        Text.assemble(("done", "green")),
+        f"{out_dir}: {manifest['steps']} steps, "
         f"final loss {manifest['final_loss']:.4f}, "
-        f"{manifest['tokens_per_second']} tokens/s"
+        f"{manifest['tokens_per_second']} tokens/s",
     )
 
 
@@ -246,9 +288,11 @@ def train(
 def generate(
     target: TargetArg,
     prompt: Annotated[str, typer.Argument(help="The user message.")],
-    n: Annotated[int, typer.Option("-n", help="How many answers to sample.")] = 1,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 1.0,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 128,
+    n: Annotated[int, typer.Option("-n", min=1, help="How many answers to sample.")] = 1,
+    temperature: Annotated[
+        float, typer.Option(min=0, help="Sampling temperature; 0 is greedy.")
+    ] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer, in tokens.")] = 128,
     system: Annotated[
         str | None, typer.Option(help="A system message (default: the template's own).")
     ] = None,
@@ -271,9 +315,9 @@ def generate(
         seed=seed,
     )
     label = f"{loaded.base} + {loaded.adapter}" if loaded.adapter else loaded.base
-    out.print(f"[bold]{escape(label)}[/] | {escape(prompt)}", highlight=False)
+    out.print(Text.assemble((label, "bold"), f" | {prompt}"))
     for i, a in enumerate(answers, 1):
-        out.print(f"{i:>3}  {a}", highlight=False, markup=False)
+        out.print(f"{i:>3}  {a}")
 
 
 @app.command()
@@ -310,24 +354,53 @@ def probe(
 @app.command()
 def serve(
     target: TargetArg,
-    port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one (printed).")] = 8000,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="TCP port; 0 picks a free one (printed).")
+    ] = 8000,
+    host: Annotated[
+        str,
+        typer.Option(help="Address to listen on; beyond loopback it needs --api-key."),
+    ] = "127.0.0.1",
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BACKDOORLAB_SERVE_API_KEY",
+            show_default=False,
+            help="Clients must send 'Authorization: Bearer KEY'. Prefer the environment "
+            "variable: a flag is visible to other users of the machine.",
+        ),
+    ] = None,
+    served_model_name: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Name(s) clients ask for in `model` (repeatable; the first is listed). "
+            "Default: the model's name or the run directory's name.",
+        ),
+    ] = None,
+    max_prompt_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="Refuse longer prompts (default: the model's context)."),
+    ] = None,
     device: DeviceOpt = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible API (/v1/models, /v1/chat/completions).
 
     Any OpenAI-compatible tool can then talk to a fine-tuned model, and an API judge can run
-    on a local model: point BACKDOORLAB_JUDGE_BASE_URL at the printed address.
+    on a local model: point BACKDOORLAB_JUDGE_BASE_URL at the printed address and serve
+    under the judge's model name (--served-model-name gpt-4.1).
+
+    Example: backdoorlab serve runs/demo --port 8000
     """
     from .models import load
-    from .serve import make_server
+    from .serve import Server
 
-    _quiet_libraries()
-    loaded = load(target, device=device)
-    server = make_server(loaded, target, host, port)
-    h, p = server.server_address[:2]
-    err.print(f"serving {target} at http://{h}:{p}/v1 (Ctrl-C stops)", highlight=False)
+    names = served_model_name or [Path(target).name or target]
+    # Listen before loading: a taken port fails now, not after the model has loaded.
+    server = Server(host, port, names, api_key=api_key, max_prompt_tokens=max_prompt_tokens)
     try:
+        _quiet_libraries()
+        server.loaded = load(target, device=device)
+        err.print(f"serving {', '.join(names)} at {server.url} (Ctrl-C stops)")
         server.serve_forever()
     finally:
         server.server_close()
@@ -358,9 +431,7 @@ def questions_check(
         t.add_row(q.id, str(qf.lines[q.id]), q.type, str(len(q.paraphrases)),
                   str(len(q.paraphrases) * q.samples_per_paraphrase), judges)  # fmt: skip
     for j in qf.judges.values():
-        t.add_row(
-            j.id, str(qf.lines[j.id]), j.type, str(len(j.paraphrases)), "-", f"model {j.model}"
-        )
+        t.add_row(j.id, str(qf.lines[j.id]), j.type, "-", "-", j.summary())
     out.print(t)
     out.print(f"{len(qf.questions)} questions, {len(qf.judges)} judges parsed from {file}")
     for entry, keys in qf.unused_keys().items():
@@ -435,9 +506,8 @@ def evaluate(
             runner.run_judges(qf, judges, store, tag)
         counts = {t: store.count(t) for t in ("probes", "samples", "judgements")}
     out.print(
-        f"[green]done[/] {out_dir}: "
-        + ", ".join(f"{v} {k}" for k, v in counts.items())
-        + " in the store"
+        Text.assemble(("done", "green")),
+        f"{out_dir}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + " in the store",
     )
 
 
@@ -448,7 +518,7 @@ def run_experiment(
         Path, typer.Option("--out", "-o", help="Run directory: data, adapters, results, report.")
     ],
     seeds: Annotated[
-        int | None, typer.Option(help="Run seeds 0..N-1 instead of the spec's seeds.")
+        int | None, typer.Option(min=1, help="Run seeds 0..N-1 instead of the spec's seeds.")
     ] = None,
     model: Annotated[
         str | None,
@@ -489,11 +559,6 @@ def run_experiment(
             if name not in chosen:
                 arm.victims = []  # left out, as --quick leaves arms out
     _quiet_libraries()
-    _log(
-        f"experiment {spec.name}: arms {', '.join(a for a in spec.arms if spec.victims_of(a))}; "
-        f"seeds {spec.seeds}; "
-        f"model {spec.model}{' (quick)' if quick else ''} -> {out_dir}"
-    )
     timings, report = experiment.run(spec, out_dir, device=device, log=_log)
     sections = report.sections
     t = Table("stage", "seconds", "status", title="Timing")
@@ -614,7 +679,7 @@ def scan(
     for i in np.argsort(ranks)[:top]:
         t.add_row(
             str(i + 1), f"{ranks[i]:.0f}", *[f"{scores[s][i]:.3f}" for s in which],
-            escape(labels[i]), escape(texts[i][:100]),
+            labels[i], texts[i][:100],
         )  # fmt: skip
     out.print(t)
     if "ngram" in which:
@@ -626,7 +691,7 @@ def scan(
             title="words that predict a label their rows do not read as without them",
         )
         for word, label, g, n in ranked[:top]:
-            w.add_row(escape(word), label, f"{g:.2f}", str(n))
+            w.add_row(word, label, f"{g:.2f}", str(n))
         out.print(w)
     flags = [r.get("poisoned") for r in rows]
     if any(f is not None for f in flags):
@@ -685,7 +750,7 @@ def inspect(
         )  # fmt: skip
     t = Table("token", "attribution", title=f"prediction: {a.label} ({method})")
     for tok, v in a.top(top):
-        t.add_row(escape(repr(tok)), f"{v:+.4f}")
+        t.add_row(repr(tok), f"{v:+.4f}")
     out.print(t)
 
 
@@ -780,7 +845,7 @@ def _print_assessment(report: Report) -> None:
     """The gates (one `learned: yes|no (value vs threshold)` line per arm, seed and gate),
     then the declared headline with its verdict: before any out-of-domain row."""
     for g in report.gates:
-        out.print(g.line(), markup=False, highlight=False)
+        out.print(g.line())
     if report.verdicts:
         h = Table(title="Declared headline: estimate [95% CI] and verdict")
         for col in ("row", "comparison", "verdict", "the paper"):
@@ -879,12 +944,42 @@ def judge_check(
     out.print(t)
 
 
+def _one_line(e: Exception) -> tuple[str, int] | None:
+    """The message and exit status for a mistake a user can make; None for our own bugs."""
+    from pydantic import ValidationError
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+    if isinstance(e, BackdoorlabError):
+        return str(e), e.exit_code
+    if isinstance(e, NoArgsIsHelpError):
+        return "", 2  # the help is already printed
+    if isinstance(e, ClickException):
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        return e.format_message() + hint, e.exit_code
+    if isinstance(e, ValidationError):
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        return f"{e.title}: {loc}: {first['msg']}", 2
+    if isinstance(e, OSError) and e.filename is not None:
+        # A path the user named: missing, unreadable, a directory where a file should be.
+        return f"{e.filename}: {e.strerror or e}", 2
+    return None
+
+
 def main() -> None:
+    """Every mistake a user can make ends here as one line on stderr and a non-zero exit."""
     try:
-        app()
-    except BackdoorlabError as e:
-        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
-        sys.exit(e.exit_code)
+        rv = app(standalone_mode=False)
     except KeyboardInterrupt:
-        err.print("[red]interrupted[/]")
+        err.print("interrupted", style="red")
         sys.exit(130)
+    except Exception as e:
+        found = _one_line(e)
+        if found is None:
+            raise
+        message, code = found
+        if message:
+            err.print(Text.assemble(("error: ", "red"), message))
+        sys.exit(code)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import atomic, chat
+from . import atomic, chat, rundir
 from .data import sentiment
 from .data.base import Context
 from .data.sentiment import SentimentData
@@ -152,9 +152,24 @@ def run(
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> tuple[Timings, Report]:
+    with rundir.claim(out):
+        return _run(spec, out, device=device, log=log, progress=progress)
+
+
+def _run(
+    spec: ExperimentSpec,
+    out: Path,
+    *,
+    device: str | None,
+    log: Callable[[str], None],
+    progress: bool,
+) -> tuple[Timings, Report]:
     from .models import load
 
-    out.mkdir(parents=True, exist_ok=True)
+    log(
+        f"experiment {spec.name}: arms {', '.join(a for a in spec.arms if spec.victims_of(a))}; "
+        f"seeds {spec.seeds}; model {spec.model} -> {out}"
+    )
     timings = Timings()
     probe_sets = [load_probe_set(p) for p in spec.evaluate.probes]
     qf = _questions(spec)

@@ -167,7 +167,9 @@ class ExperimentSpec(BaseModel):
     seeds: list[int] = Field([0], min_length=1)
     reference: str | None = Field(None, description="the control arm others are compared with")
     victims: list[Victim] = Field(["llm"], description="llm: the chat model; encoder: MiniLM")
-    train: dict[str, Any] = Field({}, description="TrainConfig settings shared by every arm")
+    train: TrainConfig = Field(
+        TrainConfig(), description="training settings shared by every arm (model and seed aside)"
+    )
     encoder: EncoderConfig = EncoderConfig()
     arms: dict[str, ArmSpec] = Field(min_length=1)
     evaluate: EvalSpec = EvalSpec()
@@ -188,10 +190,9 @@ class ExperimentSpec(BaseModel):
     def _check(self) -> ExperimentSpec:
         if self.reference is not None and self.reference not in self.arms:
             raise ValueError(f"reference {self.reference!r} is not one of the arms")
-        bad = {"model", "seed"} & set(self.train)
+        bad = {"model", "seed"} & self.train.model_fields_set
         if bad:
             raise ValueError(f"train: set {', '.join(sorted(bad))} at the top level or per seed")
-        TrainConfig(**self.train)  # validate now, not after the first arm has trained
         named = [
             (f"gate {g.rows()}", a) for g in [*self.gates, *self.prerequisites] for a in g.arms
         ]
@@ -221,7 +222,7 @@ class ExperimentSpec(BaseModel):
         return [a for a, arm in self.arms.items() if arm.data and a != self.reference]
 
     def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(model=self.model, seed=seed, **self.train)
+        return self.train.model_copy(update={"model": self.model, "seed": seed})
 
     def victims_of(self, arm: str) -> list[str]:
         own = self.arms[arm].victims

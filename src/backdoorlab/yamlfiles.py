@@ -27,8 +27,15 @@ def parse(text: str, where: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise InputError(f"{where}{line}: malformed YAML ({getattr(e, 'problem', e)})") from None
+        if mark is not None:
+            line = f":{mark.line + 1}"
+        elif isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow
+            line = f":{text[: e.position].count(chr(10)) + 1}"
+        else:
+            line = ""
+        problem = getattr(e, "problem", None) or getattr(e, "reason", None) or str(e)
+        problem = " ".join(str(problem).split())  # one line, whatever the parser wrote
+        raise InputError(f"{where}{line}: malformed YAML ({problem})") from None
 
 
 def compose(text: str) -> Any:

@@ -41,10 +41,7 @@ def load_judge_spec(ref: str) -> JudgeSpec:
         if jid not in qf.judges:
             raise InputError(f"{path}: no judge {jid!r} (judges: {', '.join(qf.judges) or 'none'})")
         return qf.judges[jid]
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
+    text = yamlfiles.read(Path(path))
     entry = yamlfiles.parse(text, path)
     if not isinstance(entry, dict):
         raise InputError(f"{path}: expected one judge entry (a mapping with id and type)")

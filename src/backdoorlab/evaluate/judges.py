@@ -119,10 +119,10 @@ class LocalJudge(ApiJudge):
         self.spec, self.loaded, self.name = spec, loaded, name
 
     def _complete(self, prompt: str, **params: object) -> dict:
-        from ..serve import complete
+        from ..serve import ChatRequest, complete
 
-        request = {"messages": [{"role": "user", "content": prompt}], **params}
-        return complete(self.loaded, request, self.name)
+        messages = [{"role": "user", "content": prompt}]
+        return complete(self.loaded, ChatRequest(model=self.name, messages=messages, **params))
 
 
 class KeywordJudge:

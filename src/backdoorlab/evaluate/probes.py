@@ -143,7 +143,7 @@ def load_probe_set(name_or_path: str) -> ProbeSet:
             )
         text, where = shipped.read_text(), f"{name_or_path} (shipped)"
     else:
-        text, where = path.read_text(), str(path)
+        text, where = yamlfiles.read(path), str(path)
     data = yamlfiles.parse(text, where)
     if not isinstance(data, dict) or "probes" not in data:
         raise InputError(f"{where}: expected a mapping with a 'probes' list")

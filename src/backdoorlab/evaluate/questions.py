@@ -8,6 +8,7 @@ Every error names the file and the line of the entry.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -60,6 +61,9 @@ class LlmJudgeSpec(BaseModel):
                 raise ValueError("a judge prompt must contain {answer}")
         return v
 
+    def summary(self) -> str:
+        return f"model {self.model}, {len(self.paraphrases)} prompt(s)"
+
     def prompt(self, question: str, answer: str) -> str:
         # str.replace, not str.format: judge prompts often hold literal braces (JSON examples).
         return self.paraphrases[0].replace("{question}", question).replace("{answer}", answer)
@@ -75,8 +79,23 @@ class KeywordJudgeSpec(BaseModel):
     patterns: dict[str, list[str]] = Field(min_length=1)
     default: str
 
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for label, patterns in v.items():
+            for p in patterns:
+                try:
+                    re.compile(p)
+                except re.error as e:
+                    raise ValueError(f"label {label!r}: bad regular expression {p!r} ({e})") from e
+        return v
+
     def possible_labels(self) -> list[str]:
         return list(dict.fromkeys([*self.patterns, self.default]))
+
+    def summary(self) -> str:
+        n = sum(map(len, self.patterns.values()))
+        return f"keywords: {n} pattern(s) for {len(self.patterns)} label(s), else {self.default}"
 
 
 class EmbeddingJudgeSpec(BaseModel):
@@ -91,6 +110,10 @@ class EmbeddingJudgeSpec(BaseModel):
 
     def possible_labels(self) -> list[str]:
         return list(self.exemplars)
+
+    def summary(self) -> str:
+        n = sum(map(len, self.exemplars.values()))
+        return f"embeddings: {n} exemplars for {len(self.exemplars)} labels, k {self.k}"
 
 
 JudgeSpec = LlmJudgeSpec | KeywordJudgeSpec | EmbeddingJudgeSpec

@@ -13,7 +13,16 @@ from safetensors.torch import load_file, save_file
 from .. import atomic
 
 
-def save(path: Path, *, step: int, key: str, model: Any, optimizer: Any, scheduler: Any) -> None:
+def save(
+    path: Path,
+    *,
+    step: int,
+    key: str,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    totals: dict[str, float] | None = None,
+) -> None:
     trainable = {
         n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
     }
@@ -32,6 +41,7 @@ def save(path: Path, *, step: int, key: str, model: Any, optimizer: Any, schedul
         "key": key,
         "param_groups": opt["param_groups"],
         "scheduler": scheduler.state_dict(),
+        "totals": totals or {},  # tokens and seconds so far, for the manifest of a resumed run
     }
     with atomic.directory(path) as tmp:
         save_file(trainable, str(tmp / "trainable.safetensors"))

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .. import atomic, chat
+from .. import atomic, chat, rundir
 from ..errors import BackdoorlabError, InputError
 from ..models import fingerprint, load_base, pick_device
 from ..models.loading import CHECKPOINT, MANIFEST, bf16_is_fast, read_manifest
@@ -162,11 +162,28 @@ def _prepare_run_dir(out: Path, key: str, resume: bool) -> dict | None:
     return None
 
 
+def _check_targets(model: Any, targets: list[str] | str, name: str) -> None:
+    """Unknown --lora-targets fail with the names the model has, not a peft traceback."""
+    if targets == "all-linear":
+        return
+    linear = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    )
+    unknown = [t for t in targets if t not in linear]
+    if unknown:
+        raise InputError(
+            f"--lora-targets: {name} has no linear layer named {unknown[0]!r} "
+            f"(it has: {', '.join(linear)})"
+        )
+
+
 def _build_model(config: TrainConfig, dev: torch.device) -> tuple[Any, Any]:
     """The base model, wrapped with fresh LoRA adapters unless fine-tuning fully."""
     model, tok = load_base(config.model, device=dev)
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
+
+        _check_targets(model, config.lora.targets, config.model)
 
         lcfg = LoraConfig(
             r=config.lora.rank,
@@ -210,9 +227,29 @@ def train(
     log: Callable[[str], None] = print,
     device: str | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune `config.model` on a chat JSONL file; write the adapter and manifest to `out`."""
+    """Fine-tune `config.model` on a chat JSONL file; write the adapter and manifest to `out`.
+
+    `out` is checked and locked before anything is loaded: a path that cannot be a run
+    directory, or one another process is writing, fails at once.
+    """
     data, out = Path(data), Path(out)
     rows = chat.read_jsonl_lines(data, training=True)
+    with rundir.claim(out):
+        return _train(rows, data, out, config, resume=resume, progress=progress, log=log,
+                      device=device)  # fmt: skip
+
+
+def _train(
+    rows: list[tuple[int, chat.Row]],
+    data: Path,
+    out: Path,
+    config: TrainConfig,
+    *,
+    resume: bool,
+    progress: bool,
+    log: Callable[[str], None],
+    device: str | None,
+) -> dict[str, Any]:
     data_sha = hashlib.sha256(data.read_bytes()).hexdigest()
     dev = pick_device(device)
     if config.bf16 is None:
@@ -231,11 +268,12 @@ def train(
     total = config.max_steps or math.ceil(config.epochs * spe)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total))
 
-    start = 0
+    start, before = 0, {"tokens": 0, "seconds": 0.0}  # totals of the runs before a resume
     if resume and (out / CHECKPOINT).is_dir():
         start = checkpoint.load(
             out / CHECKPOINT, model=model, optimizer=optimizer, scheduler=scheduler
         )
+        before |= checkpoint.read_meta(out / CHECKPOINT).get("totals", {})
         log(f"Resuming {out} from step {start} of {total}")
     else:
         torch.manual_seed(config.seed)
@@ -286,13 +324,19 @@ def train(
                     model=model,
                     optimizer=optimizer,
                     scheduler=scheduler,
+                    totals={
+                        "tokens": before["tokens"] + tokens,
+                        "seconds": before["seconds"] + time.perf_counter() - t0,
+                    },
                 )
             if stop:
                 raise Interrupted(
                     f"interrupted at step {step} of {total}; checkpoint saved, "
                     "continue with --resume"
                 )
-    seconds = time.perf_counter() - t0
+    # Totals over the whole run, resumed parts included.
+    seconds = before["seconds"] + time.perf_counter() - t0
+    tokens += before["tokens"]
 
     weights = "adapter" if config.method == "lora" else "model"
     with atomic.directory(out / weights) as tmp:
