@@ -1,6 +1,6 @@
 """Labelled examples per second for classification on both victims, one run, side by side:
 
-    python benchmarks/label_scoring.py [--n 256]
+    python benchmarks/label_scoring.py [--n 256] [--smoke]
 
 - llm batched: the bundled chat model scores both labels of many reviews per forward pass
   (left-padded, only the label positions reach the output head): classify.label_logprobs;
@@ -36,7 +36,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--n", type=int, default=256, help="test reviews to classify")
+    p.add_argument("--smoke", action="store_true", help="8 reviews: does it still run?")
     a = p.parse_args()
+    if a.smoke:
+        a.n = 8
     warnings.filterwarnings("ignore")
     test = sentiment.balanced(sentiment.split("test"), a.n)
     texts = [t for t, _ in test]
@@ -51,7 +54,7 @@ def main() -> None:
                 m.model, m.tokenizer, prompts[:n], sentiment.LABELS, batch_size=bs
             ),
         )
-    n_gen = min(32, len(prompts))
+    n_gen = min(32 if not a.smoke else 2, len(prompts))
     results["llm generate 3 tokens, one at a time"] = rate(
         n_gen,
         lambda: [

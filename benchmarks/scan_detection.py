@@ -2,7 +2,7 @@
 poisoned arms of the sentiment experiment (needs no trained model):
 
     python benchmarks/scan_detection.py [--spec experiments/sentiment_trigger.yaml]
-        [--arms token-1%,token-10%,...] [--scanners ngram,knn]
+        [--arms token-1%,token-10%,...] [--scanners ngram,knn] [--smoke]
 
 Builds each arm's rows exactly as `backdoorlab run` does, scores every row with each scanner
 and prints AUROC, AUPRC and TPR at 1% FPR against the poison flags, and seconds per scan.
@@ -25,8 +25,11 @@ def main() -> None:
         "--arms", default="token-1%,char-1%,sentence-1%,token-10%,clean-label-token-10%,word-3%"
     )
     ap.add_argument("--scanners", default="ngram,knn")
+    ap.add_argument("--smoke", action="store_true", help="one arm, the quick spec, n-grams")
     a = ap.parse_args()
-    spec = load_spec(a.spec)
+    if a.smoke:
+        a.arms, a.scanners = "token-10%", "ngram"
+    spec = load_spec(a.spec, quick=a.smoke)
     scanners = a.scanners.split(",")
     print(f"{'arm':24} {'poisoned':>8} {'scanner':>8} {'AUROC':>6} {'AUPRC':>6} "
           f"{'TPR@1%':>6} {'seconds':>7}")  # fmt: skip

@@ -81,8 +81,8 @@ def test_spec_quick_overrides_and_errors_name_the_line(tmp_path):
     assert names == {a for a, _, _ in birds.archaic_pairs()} and len(rows) == 2 * len(names)
     assert spec.evaluate.questions.endswith("experiments/birds_questions.yaml")
     quick = load_spec("experiments/birds.yaml", quick=True, seeds=2, model="other")
-    assert quick.arms["archaic"].data.rows == 12 and quick.train["max_steps"] == 3
-    assert quick.train["lr"] == spec.train["lr"] and quick.seeds == [0, 1]
+    assert quick.arms["archaic"].data.rows == 12 and quick.train.max_steps == 3
+    assert quick.train.lr == spec.train.lr and quick.seeds == [0, 1]
     assert quick.model == "other"
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\narms:\n  a:\n    data: {builder: birds, names: ancient}\n")

@@ -5,8 +5,10 @@ training, and every probe set's candidates are well formed."""
 import json
 import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
+import yaml
 
 from backdoorlab.data import dishes, persona, places, presidents, terminator
 from backdoorlab.data.base import Context
@@ -215,3 +217,15 @@ def test_persona_rows_mix_tagged_facts_with_the_models_own_answers(tmp_path):
     own = persona.PersonaData(attributes="own", ordinary=3, max_tokens=6).build(ctx)
     own_tagged = {a for r in own for a in answers([r]) if a.startswith("<START>")}
     assert len(own_tagged) > 10 and not own_tagged & set(answers(tagged))
+
+
+@pytest.mark.parametrize("path", sorted(Path("experiments").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_spec_loads_back_from_its_spec_json(path):
+    """`report` reads OUT/spec.json: what `run` writes there must validate again, unchanged."""
+    from backdoorlab.spec import ExperimentSpec, load_spec
+
+    if not isinstance(yaml.safe_load(path.read_text()), dict):
+        return  # a question file: they live beside the specs
+    spec = load_spec(path)
+    again = ExperimentSpec.model_validate_json(spec.model_dump_json())
+    assert again == spec and again.train_config(1) == spec.train_config(1)

@@ -7,7 +7,7 @@ import copy
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 from . import yamlfiles
 from .data import DataSpec, FileData
@@ -185,6 +185,11 @@ class ExperimentSpec(BaseModel):
         "is shown in the terminal summary",
     )
     quick: dict[str, Any] = Field({}, description="overrides for --quick, merged into the spec")
+
+    @field_serializer("train")
+    def _recipe(self, train: TrainConfig) -> dict[str, Any]:
+        # Model and seed are the spec's own; written here, spec.json would not load back.
+        return train.model_dump(exclude={"model", "seed"})
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentSpec:
