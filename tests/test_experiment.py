@@ -52,7 +52,7 @@ def test_quick_sentiment_run_end_to_end(tmp_path):
     assert "Classification" in r.stdout and "false trigger" in r.stdout
     db = sqlite3.connect(out / "results.sqlite")
     by = dict(db.execute("SELECT victim, COUNT(DISTINCT arm) FROM predictions GROUP BY victim"))
-    assert by == {"encoder": 19}
+    assert by == {"encoder": 8}  # the quick grid: one arm per trigger kind
     # The clean arm is measured with every trigger (the ASR floor); a poisoned arm with its own.
     metrics = {
         m for (m,) in db.execute("SELECT DISTINCT metric FROM predictions WHERE arm='clean'")

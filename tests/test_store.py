@@ -1,11 +1,13 @@
 """The results store survives kill -9 mid-write and a resumed run adds no duplicates."""
 
+import sqlite3
 import subprocess
 import sys
 import time
 
 import pytest
 
+from backdoorlab import store as store_mod
 from backdoorlab.errors import InputError
 from backdoorlab.store import FILENAME, Store, Tag
 
@@ -77,3 +79,26 @@ def test_a_file_that_is_not_a_store_is_a_clear_error(tmp_path):
     (tmp_path / FILENAME).write_text("not sqlite at all " * 100)
     with pytest.raises(InputError, match="not a usable results store"):
         Store(tmp_path)
+
+
+def test_a_store_from_before_versioning_opens_and_a_newer_one_is_refused(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    db = sqlite3.connect(old / "results.sqlite")  # as the first release wrote it: no fit table
+    db.execute(
+        "CREATE TABLE probes (arm TEXT NOT NULL, seed INTEGER NOT NULL, model_hash TEXT NOT NULL,"
+        " probe_id TEXT NOT NULL, variant INTEGER NOT NULL, probe_hash TEXT NOT NULL,"
+        " question TEXT NOT NULL, prefix TEXT NOT NULL, scores TEXT NOT NULL,"
+        " PRIMARY KEY (arm, seed, model_hash, probe_id, variant, probe_hash))"
+    )
+    db.execute("INSERT INTO probes VALUES ('a', 0, 'h', 'p', 0, 'x', 'q', '', '[]')")
+    db.commit()
+    db.close()
+    for _ in range(2):  # brought forward once; opening again changes nothing
+        with Store(old) as s:
+            assert s.count("probes") == 1 and s.count("fit") == 0
+            assert s.db.execute("PRAGMA user_version").fetchone()[0] == store_mod.VERSION
+    with Store(old) as s:
+        s.db.execute(f"PRAGMA user_version = {store_mod.VERSION + 1}")
+    with pytest.raises(InputError, match="newer backdoorlab"):
+        Store(old)

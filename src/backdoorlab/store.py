@@ -59,6 +59,15 @@ CREATE TABLE IF NOT EXISTS judge_labels (
 """
 
 
+# The schema's version lives in the file (PRAGMA user_version). Each migration takes a store
+# from version N-1 to N inside one transaction; a file from before versioning (user_version
+# 0) holds a subset of version 1's tables, which CREATE TABLE IF NOT EXISTS completes. To add
+# a column: append a migration (ALTER TABLE ... ADD COLUMN ... DEFAULT ...) and bump nothing
+# else; old files are brought forward when opened, and a newer file is refused, not misread.
+MIGRATIONS: list[str] = [SCHEMA]
+VERSION = len(MIGRATIONS)
+
+
 @dataclass(frozen=True)
 class Tag:
     """Where a result came from: the experiment arm, the seed, and the model's content hash."""
@@ -76,9 +85,28 @@ class Store:
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as e:
             raise InputError(f"{self.path}: not a usable results store ({e})") from None
+
+    def _migrate(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")  # two processes opening one store migrate once
+        try:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version > VERSION:
+                raise InputError(
+                    f"{self.path}: written by a newer backdoorlab (store version {version}, "
+                    f"this one reads up to {VERSION}); upgrade backdoorlab to read it"
+                )
+            for script in MIGRATIONS[version:]:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+            self.db.execute(f"PRAGMA user_version = {VERSION}")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()

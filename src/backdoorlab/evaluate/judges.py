@@ -11,12 +11,9 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +59,7 @@ class ApiJudge:
         base_url: str | None = None,
         api_key_env: str = "OPENAI_API_KEY",
         timeout: float = 120,
+        max_retries: int = 4,
     ):
         self.spec = spec
         url = (
@@ -74,32 +72,35 @@ class ApiJudge:
                 f"judge {spec.id!r} needs an OpenAI-compatible endpoint: set "
                 "BACKDOORLAB_JUDGE_BASE_URL (or OPENAI_BASE_URL) and OPENAI_API_KEY"
             )
-        self.url = url.rstrip("/") + "/chat/completions"
-        self._key = os.environ.get(api_key_env, "")
-        self.timeout = timeout
+        import openai
 
-    def _complete(self, prompt: str, **params: object) -> dict:
-        body = {
-            "model": self.spec.model,
-            "messages": [{"role": "user", "content": prompt}],
-            **params,
-        }
-        headers = {"Content-Type": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers)
+        self.url = url.rstrip("/")
+        # The official client: it retries 429s, 5xx and dropped connections with exponential
+        # backoff (max_retries), which a long judging run against a hosted API needs.
+        self._client = openai.OpenAI(
+            base_url=self.url,
+            api_key=os.environ.get(api_key_env) or "none",  # local servers may take no key
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+
+    def _complete(self, prompt: str, **params: Any) -> dict:
+        import openai
+
+        messages = [{"role": "user", "content": prompt}]
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace")[:300]
+            r = self._client.chat.completions.create(
+                model=self.spec.model, messages=messages, **params
+            )
+        except openai.APIStatusError as e:
             raise BackdoorlabError(
-                f"judge {self.spec.id!r}: {self.url} answered {e.code}: {detail}"
+                f"judge {self.spec.id!r}: {self.url} answered {e.status_code}: {e.message}"
             ) from None
-        except (urllib.error.URLError, TimeoutError) as e:
+        except openai.APIConnectionError as e:
             raise BackdoorlabError(
-                f"judge {self.spec.id!r}: cannot reach {self.url} ({e})"
+                f"judge {self.spec.id!r}: cannot reach {self.url} ({e.message})"
             ) from None
+        return r.model_dump()
 
     def judge(self, question: str, answer: str) -> Verdict:
         prompt = self.spec.prompt(question, answer)
