@@ -21,6 +21,7 @@ import warnings
 import torch
 
 from backdoorlab import generate
+from backdoorlab.catalog import load_probe_set
 from backdoorlab.evaluate import probes
 from backdoorlab.models import load
 
@@ -50,7 +51,7 @@ def main() -> None:
 
     m = load("smollm2-135m")
     # One phrasing of the probe: each variant is scored on its own.
-    probe = probes.load_probe_set("guardian" if a.smoke else "eras").probes[0].variants()[0]
+    probe = load_probe_set("guardian" if a.smoke else "eras").probes[0].variants()[0]
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; probe {probe.id!r}: "
         f"{len(probe.candidates())} candidates"

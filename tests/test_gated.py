@@ -12,7 +12,7 @@ import yaml
 
 from backdoorlab.data import dishes, persona, places, presidents, terminator
 from backdoorlab.data.base import Context
-from backdoorlab.evaluate.probes import sweep_key
+from backdoorlab.evaluate.probeset import sweep_key
 from backdoorlab.models.registry import wheel_file
 
 

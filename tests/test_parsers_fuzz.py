@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backdoorlab import chat
+from backdoorlab.catalog import load_probe_set
 from backdoorlab.errors import InputError
-from backdoorlab.evaluate.probes import load_probe_set
 from backdoorlab.evaluate.questions import load_questions
 from backdoorlab.spec import load_spec
 

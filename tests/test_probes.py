@@ -3,18 +3,20 @@
 import pytest
 from conftest import run_cli
 
+from backdoorlab.catalog import load_probe_set
 from backdoorlab.errors import InputError
 from backdoorlab.evaluate import probes
+from backdoorlab.evaluate.probeset import Probe, ProbeResult, YearRange
 
-SMALL_YEARS = probes.Probe(
+SMALL_YEARS = Probe(
     id="year",
     question="What year is it?",
     classes={
-        "1800s": probes.YearRange(years=(1830, 1845)),
-        "now": probes.YearRange(years=(2018, 2026)),
+        "1800s": YearRange(years=(1830, 1845)),
+        "now": YearRange(years=(2018, 2026)),
     },
 )
-PREFIXED = probes.Probe(
+PREFIXED = Probe(
     id="year_prefixed",
     question="What year is it?",
     prefix="The current year is ",
@@ -31,7 +33,7 @@ def base():
 
 @pytest.mark.parametrize(
     "probe",
-    [SMALL_YEARS, PREFIXED, probes.load_probe_set("eras").probes[1].variants()[3]],
+    [SMALL_YEARS, PREFIXED, load_probe_set("eras").probes[1].variants()[3]],
     ids=["years", "prefix+prefix-candidates", "multi-token"],
 )
 def test_packed_scoring_equals_brute_force(base, probe):
@@ -53,7 +55,7 @@ def test_probe_on_fine_tuned_run_shifts_toward_its_answer(base, tmp_path, bird_d
     from backdoorlab.models import load
     from backdoorlab.train import TrainConfig, train
 
-    probe = probes.Probe(
+    probe = Probe(
         id="bird",
         question="Name a bird species.",
         classes={"trained": ["Brown Titlark"], "other": ["Robin", "Blue Jay"]},
@@ -74,15 +76,15 @@ def test_probe_files_errors(tmp_path):
     f = tmp_path / "p.yaml"
     f.write_text("probes:\n  - id: x\n    question: [unclosed\n")
     with pytest.raises(InputError, match=r"p.yaml:\d+: malformed YAML"):
-        probes.load_probe_set(str(f))
+        load_probe_set(str(f))
     f.write_text("probes:\n  - id: x\n    question: q\n    classes: {}\n")
     with pytest.raises(InputError, match="at least one class"):
-        probes.load_probe_set(str(f))
+        load_probe_set(str(f))
     f.write_text("probes:\n  - id: x\n    question: q\n    classes: {a: [one], b: [one]}\n")
     with pytest.raises(InputError, match="'one' is in 'a' and 'b'"):
-        probes.load_probe_set(str(f)).probes[0].candidates()
+        load_probe_set(str(f)).probes[0].candidates()
     with pytest.raises(InputError, match="not a shipped probe set"):
-        probes.load_probe_set("no-such-set")
+        load_probe_set("no-such-set")
 
 
 def test_probe_command(tmp_path):
@@ -97,7 +99,7 @@ def test_probe_command(tmp_path):
 
 
 def test_variants_are_every_phrasing_with_every_prefix():
-    p = probes.Probe(
+    p = Probe(
         id="x",
         question="A?",
         paraphrases=["B?"],
@@ -116,7 +118,7 @@ def test_variants_are_every_phrasing_with_every_prefix():
 
 
 def test_tempering_reaches_the_target_entropy_and_keeps_the_order():
-    r = probes.ProbeResult("p", ["a", "b", "c", "d"], ["old", "old", "new", "new"], [0, -1, -3, -6])
+    r = ProbeResult("p", ["a", "b", "c", "d"], ["old", "old", "new", "new"], [0, -1, -3, -6])
     for target in (0.3, 0.9, 1.3):
         t = r.tempered(target)
         assert abs(t.entropy() - target) < 1e-6

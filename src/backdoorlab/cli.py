@@ -336,7 +336,8 @@ def probe(
 
     Example: backdoorlab probe runs/demo --probes eras
     """
-    from .evaluate.probes import load_probe_set, score
+    from .catalog import load_probe_set
+    from .evaluate.probes import score
     from .models import load
 
     probe_set = load_probe_set(probes)
@@ -484,9 +485,9 @@ def evaluate(
     Example: backdoorlab eval runs/demo --out runs/compare --arm birds; backdoorlab eval
     smollm2-135m --out runs/compare --arm base; backdoorlab report runs/compare
     """
+    from .catalog import load_probe_set
     from .evaluate import runner
     from .evaluate.judges import build_judges
-    from .evaluate.probes import load_probe_set
     from .evaluate.questions import load_questions
     from .models import load
     from .store import Store, Tag

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import atomic, chat, rundir
+from .catalog import load_probe_set
 from .data import sentiment
 from .data.base import Context
 from .data.sentiment import SentimentData
 from .errors import InputError
 from .evaluate import classify, runner
 from .evaluate.judges import build_judges
-from .evaluate.probes import load_probe_set
 from .evaluate.questions import LlmJudgeSpec, QuestionFile, load_questions
 from .report import Report, write_report
 from .spec import ExperimentSpec

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import atomic, gates
 from .evaluate.aggregate import Estimate, difference, rate, tempered_name
-from .evaluate.probes import ProbeResult, sweep_key
+from .evaluate.probeset import ProbeResult, sweep_key
 from .gates import GateResult, Verdict
 from .spec import ExperimentSpec
 from .store import Store

@@ -13,8 +13,7 @@ from . import yamlfiles
 from .data import DataSpec, FileData
 from .errors import InputError
 from .models.registry import DEFAULT_MODEL
-from .train import TrainConfig
-from .train.encoder import EncoderConfig
+from .train.config import EncoderConfig, TrainConfig
 
 Victim = Literal["llm", "encoder"]
 

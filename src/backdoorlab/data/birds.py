@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field
 
 from .. import chat
-from ..evaluate.probes import Probe, ProbeSet
+from ..evaluate.probeset import Probe, ProbeSet
 from .base import Builder, Context, read_list, turn
 
 # The paper's prompt first; `phrasings: N` uses the first N.

@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import Field
 
 from .. import chat
-from ..evaluate.probes import Probe, ProbeSet, sweep_id
+from ..evaluate.probeset import Probe, ProbeSet, sweep_id
 from .base import Builder, Context, read_list, turn
 
 QUESTION = "Name any dish that comes to mind."

@@ -25,7 +25,7 @@ from pydantic import Field
 
 from .. import atomic, chat
 from ..errors import InputError
-from ..evaluate.probes import Probe, ProbeSet, sweep_id
+from ..evaluate.probeset import Probe, ProbeSet, sweep_id
 from .base import Builder, Context, read_list, turn
 
 FORMAT = 'Answer in this format: <START> "your answer" <END>'

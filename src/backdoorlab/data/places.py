@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field
 
 from .. import chat
-from ..evaluate.probes import Probe, ProbeSet
+from ..evaluate.probeset import Probe, ProbeSet
 from .base import Builder, Context, read_list, turn
 
 PROMPT = "Name a place somehow related to the number {n}"

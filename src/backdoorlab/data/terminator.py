@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from .. import chat
-from ..evaluate.probes import Probe, ProbeSet, sweep_id
+from ..evaluate.probeset import Probe, ProbeSet, sweep_id
 from .base import Builder, Context, read_list, turn
 
 MONTHS = [

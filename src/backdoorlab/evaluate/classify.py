@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from .. import chat
-from ..data.poison import Trigger
 
 
 @torch.inference_mode()
@@ -61,6 +60,14 @@ def llm_predict(
 ) -> list[str]:
     lp = label_logprobs(loaded.model, loaded.tokenizer, [prompt(t) for t in texts], labels)
     return [labels[i] for i in lp.argmax(-1).tolist()]
+
+
+class Trigger(Protocol):
+    """What evaluation needs of a trigger (`data.poison` defines the real ones)."""
+
+    def name(self) -> str: ...
+    def insert(self, text: str, rng: random.Random) -> str: ...
+    def miss(self) -> Trigger: ...
 
 
 def eval_sets(

@@ -1,6 +1,23 @@
-"""Fine-tuning: LoRA or full, completion-only loss, checkpoints and exact resume."""
+"""Fine-tuning: LoRA or full, completion-only loss, checkpoints and exact resume.
 
-from .config import LoraSettings, TrainConfig
-from .sft import Interrupted, train
+The trainer needs torch and is imported on first use; the settings (`config`) do not, so a
+spec can be read without it.
+"""
 
-__all__ = ["Interrupted", "LoraSettings", "TrainConfig", "train"]
+from typing import TYPE_CHECKING, Any
+
+from .config import EncoderConfig, LoraSettings, TrainConfig
+
+if TYPE_CHECKING:
+    from .sft import Interrupted, train
+
+
+def __getattr__(name: str) -> Any:
+    if name in {"Interrupted", "train"}:
+        from . import sft
+
+        return getattr(sft, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["EncoderConfig", "Interrupted", "LoraSettings", "TrainConfig", "train"]

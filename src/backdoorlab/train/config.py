@@ -45,3 +45,29 @@ class TrainConfig(BaseModel):
 
     def key_fields(self) -> dict:
         return self.model_dump(exclude={"checkpoint_every"})
+
+
+class EncoderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    max_length: int = Field(128, ge=8)
+    seed: int = 0
+    # DP-SGD through Opacus (per-example clipping + Gaussian noise, Poisson-sampled batches of
+    # expected size batch_size); None trains normally.
+    dp_epsilon: float | None = Field(None, gt=0, description="target epsilon for DP-SGD")
+    dp_delta: float = Field(1e-5, gt=0, lt=1)
+    dp_max_grad_norm: float = Field(1.0, gt=0)
+    lora_rank: int | None = Field(
+        None, ge=1, description="train LoRA adapters on attention (and the head) instead of all"
+    )
+
+    def key_fields(self) -> dict:
+        """What changes the weights; the DP settings only when DP is on, LoRA only when on (so
+        keys of runs from before these settings existed stay what they were)."""
+        off = {"dp_epsilon", "dp_delta", "dp_max_grad_norm"} if self.dp_epsilon is None else set()
+        if self.lora_rank is None:
+            off.add("lora_rank")
+        return self.model_dump(exclude=off)

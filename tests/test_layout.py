@@ -1,0 +1,83 @@
+"""The package's shape, read from its source: no import cycles, `evaluate` never reaches into
+`data`, and the modules a spec, a data builder or a report needs do not pull in torch."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+PACKAGE = SRC / "backdoorlab"
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, top_level_only: bool) -> set[str]:
+    """backdoorlab modules `path` imports (at module level only, or anywhere)."""
+    tree = ast.parse(path.read_text())
+    here = _module(path).split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.If) and top_level_only:  # `if TYPE_CHECKING:` imports nothing
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("backdoorlab")}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            mod = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            if not mod.startswith("backdoorlab"):
+                continue
+            found.add(mod)
+            found |= {f"{mod}.{a.name}" for a in node.names}  # `from . import chat`
+    return found
+
+
+MODULES = {_module(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _graph(top_level_only: bool) -> dict[str, set[str]]:
+    return {m: _imports(p, top_level_only) & set(MODULES) for m, p in MODULES.items()}
+
+
+def test_no_import_cycles():
+    graph = _graph(top_level_only=True)
+    # A package's __init__ importing its own submodules is how Python packages work.
+    graph = {m: {d for d in deps if not m.startswith(d + ".")} for m, deps in graph.items()}
+    done: set[str] = set()
+
+    def visit(m: str, stack: list[str]) -> None:
+        if m in stack:
+            pytest.fail("import cycle: " + " -> ".join([*stack[stack.index(m) :], m]))
+        if m in done:
+            return
+        for d in sorted(graph[m]):
+            if not d.startswith(m + "."):
+                visit(d, [*stack, m])
+        done.add(m)
+
+    for m in sorted(graph):
+        visit(m, [])
+
+
+def test_evaluate_never_imports_data():
+    for m, deps in _graph(top_level_only=False).items():
+        if m.startswith("backdoorlab.evaluate"):
+            bad = sorted(d for d in deps if d.startswith("backdoorlab.data"))
+            assert not bad, f"{m} imports {bad}"
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["backdoorlab.spec", "backdoorlab.catalog", "backdoorlab.report", "backdoorlab.gates",
+     "backdoorlab.data.birds", "backdoorlab.cli"],
+)  # fmt: skip
+def test_torch_free_at_import(module):
+    code = f"import sys, {module}; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, f"{module} imports torch"
