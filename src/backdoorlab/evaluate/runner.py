@@ -15,6 +15,7 @@ from ..models import LoadedModel, fingerprint
 from ..models.loading import read_manifest
 from ..store import Store, Tag
 from . import probes as probes_mod
+from .probeset import ProbeSet, sweep_key
 from .questions import FreeFormQuestion, QuestionFile
 
 
@@ -34,7 +35,7 @@ def settings_hash(q: FreeFormQuestion) -> str:
 
 def run_probes(
     loaded: LoadedModel,
-    probe_set: probes_mod.ProbeSet,
+    probe_set: ProbeSet,
     store: Store,
     tag: Tag,
     *,
@@ -45,7 +46,7 @@ def run_probes(
     probes only at `sweep_values`, if given)."""
     done = store.probe_keys(tag)
     for p in probe_set.probes:
-        key = probes_mod.sweep_key(p.id)
+        key = sweep_key(p.id)
         if key and sweep_values is not None and key[1] not in sweep_values:
             continue
         for i, v in enumerate(p.variants()[:max_variants]):
