@@ -81,3 +81,33 @@ def test_evaluate_never_imports_data():
 def test_torch_free_at_import(module):
     code = f"import sys, {module}; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, f"{module} imports torch"
+
+
+def test_attributes_used_on_our_modules_exist():
+    """`mod.name` where `mod` is one of our modules imported by name: `name` must exist there
+    (moving a function out of a module must move every caller with it)."""
+    import importlib
+
+    missing = []
+    for m, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        here = m.split(".")
+        package = here if path.name == "__init__.py" else here[:-1]
+        aliases = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = ".".join(
+                    [
+                        *package[: len(package) - node.level + 1],
+                        *([node.module] if node.module else []),
+                    ]
+                )
+                for a in node.names:
+                    if f"{base}.{a.name}" in MODULES:
+                        aliases[a.asname or a.name] = f"{base}.{a.name}"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                target = aliases.get(node.value.id)
+                if target and not hasattr(importlib.import_module(target), node.attr):
+                    missing.append(f"{m}: {target}.{node.attr}")
+    assert not missing, missing
