@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .errors import BackdoorlabError, InputError
+from .errors import BackdoorlabError, InputError, first_problem
 
 if TYPE_CHECKING:
     from .report import Report
@@ -959,9 +959,8 @@ def _one_line(e: Exception) -> tuple[str, int] | None:
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         return e.format_message() + hint, e.exit_code
     if isinstance(e, ValidationError):
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        return f"{e.title}: {loc}: {first['msg']}", 2
+        loc, msg = first_problem(e)
+        return f"{e.title}: {loc}: {msg}", 2
     if isinstance(e, OSError) and e.filename is not None:
         # A path the user named: missing, unreadable, a directory where a file should be.
         return f"{e.filename}: {e.strerror or e}", 2

@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import chat
-from .errors import InputError
+from .errors import InputError, first_problem
 from .models import LoadedModel
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a 40k-token prompt is ~200 kB; more is not a chat request
@@ -133,9 +133,8 @@ def parse_request(raw: bytes, names: list[str]) -> ChatRequest:
     try:
         request = ChatRequest.model_validate(body)
     except ValidationError as e:
-        first = e.errors()[0]
-        param = ".".join(str(x) for x in first["loc"])
-        raise ApiError(400, f"{param}: {first['msg']}", "invalid_value", param) from None
+        param, msg = first_problem(e)
+        raise ApiError(400, f"{param}: {msg}", "invalid_value", param) from None
     if request.stream:
         raise ApiError(400, "stream is not supported here; send stream: false", None, "stream")
     if request.top_logprobs and not request.logprobs:

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .errors import InputError
+from .errors import InputError, first_problem
 
 
 def read(path: Path) -> str:
@@ -67,8 +67,7 @@ def validate(
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        line = line_of(text, first["loc"]) if text is not None else None
+        loc, msg = first_problem(e)
+        line = line_of(text, e.errors()[0]["loc"]) if text is not None else None
         at = f"{where}:{line}" if line else where
-        raise InputError(f"{at}: {what}{loc}: {first['msg']}") from None
+        raise InputError(f"{at}: {what}{loc}: {msg}") from None

@@ -128,7 +128,7 @@ JUDGE_TYPES: dict[str, type[BaseModel]] = {
 def parse_judge(entry: dict, where: str) -> JudgeSpec:
     """One judge entry (from a question file or a judge file); `where` is 'file:line'."""
     kind = entry.get("type")
-    if kind not in JUDGE_TYPES:
+    if not isinstance(kind, str) or kind not in JUDGE_TYPES:
         raise InputError(
             f"{where}: entry {entry.get('id')!r} has type {kind!r}; known: free_form, {', '.join(JUDGE_TYPES)}"
         )
