@@ -605,6 +605,51 @@ def run_experiment(
     out.print(f"report written to {out_dir / 'report.html'}")
 
 
+spec_app = typer.Typer(help="Experiment specs: what a spec expands to.", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+
+
+@spec_app.command("show")
+def spec_show(
+    spec_file: Annotated[Path, typer.Argument(help="An experiment spec (experiments/*.yaml).")],
+    quick: Annotated[bool, typer.Option(help="With the spec's `quick:` overrides.")] = False,
+    seeds: Annotated[
+        int | None, typer.Option(min=1, help="Seeds 0..N-1 instead of the spec's seeds.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The whole expanded spec, as `run` stores it.")
+    ] = False,
+) -> None:
+    """Show the arms a spec runs, grids expanded: each arm's data (the fields the spec sets)
+    and victims, then seeds, gates and the declared headline.
+
+    Example: backdoorlab spec show experiments/sentiment_trigger.yaml --quick
+    """
+    from .spec import load_spec
+
+    spec = load_spec(spec_file, quick=quick, seeds=seeds)
+    if as_json:
+        out.print_json(spec.model_dump_json())
+        return
+    t = Table("arm", "victims", "data", title=f"{spec.name}: {len(spec.arms)} arms")
+    for name, arm in spec.arms.items():
+        victims = spec.victims_of(name)
+        if arm.data is None:
+            data = "none (the untrained model)"
+        else:
+            fields = arm.data.model_dump(mode="json", exclude_unset=True)
+            fields.pop("builder", None)
+            data = f"{arm.data.builder} {json.dumps(fields, ensure_ascii=False)}"
+        ref = " (reference)" if name == spec.reference else ""
+        t.add_row(name + ref, ", ".join(victims) or "left out", data)
+    out.print(t)
+    out.print(f"model {spec.model}; seeds {', '.join(map(str, spec.seeds))}")
+    for g in spec.gates:
+        out.print(f"gate: {', '.join(g.rows())} on {', '.join(g.arms)} ({g.what or g.row})")
+    for h in spec.headlines()[:1]:
+        out.print(f"headline: {h.row} in {', '.join(spec.treated(h))}")
+
+
 def _text_and_label(row: dict) -> tuple[str, str]:
     """A row's text and label: its `text`/`label` fields, else the last user message and the
     assistant's answer."""

@@ -4,6 +4,8 @@ evaluations, and the overrides `--quick` applies. One YAML file per experiment."
 from __future__ import annotations
 
 import copy
+import itertools
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -242,6 +244,81 @@ def _merge(base: Any, over: Any) -> Any:
     return copy.deepcopy(over)
 
 
+def _placeholders(name: str, where: str) -> list[str]:
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(name) if f is not None]
+    except ValueError as e:  # an unmatched brace
+        raise InputError(f"{where}: arms.{name}: unmatched brace ({e})") from None
+    if not all(f.isidentifier() for f in fields):
+        raise InputError(f"{where}: arms.{name}: grid fields are plain names, like {{rate}}")
+    return fields
+
+
+def expand_grids(arms: Any, where: str) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Arms as written -> arms to run. An arm whose name has `{AXIS}` fields and a `grid:`
+    mapping each AXIS to labelled overrides of its `data` stands for one arm per combination,
+    named from the labels, in place (so the report keeps the spec's order). Also returns each
+    template's expanded names."""
+    if not isinstance(arms, dict):
+        return arms, {}
+    out: dict[str, Any] = {}
+    grids: dict[str, list[str]] = {}
+    for name, arm in arms.items():
+        fields = _placeholders(str(name), where)
+        grid = arm.get("grid") if isinstance(arm, dict) else None
+        if not fields and grid is None:
+            out[name] = arm
+            continue
+        problem = _grid_problem(fields, grid)
+        if problem:
+            raise InputError(f"{where}: arms.{name}: {problem}")
+        base = {k: v for k, v in arm.items() if k != "grid"}
+        grids[name] = []
+        for combo in itertools.product(*(grid[f].items() for f in fields)):
+            labels = {f: str(label) for f, (label, _) in zip(fields, combo, strict=True)}
+            expanded = str(name).format(**labels)
+            data = base.get("data") or {}
+            for _, over in combo:
+                data = _merge(data, over)
+            if expanded in out or expanded in arms:
+                raise InputError(f"{where}: arms.{name}: {expanded!r} is named twice")
+            out[expanded] = {**base, "data": data}
+            grids[name].append(expanded)
+    return out, grids
+
+
+def _grid_problem(fields: list[str], grid: Any) -> str | None:
+    if not isinstance(grid, dict) or not grid:
+        return "a name with {fields} needs a grid: mapping each field to labelled data overrides"
+    if not fields:
+        return "an arm with a grid needs {AXIS} fields in its name, one per grid axis"
+    if sorted(fields) != sorted(grid) or len(set(fields)) != len(fields):
+        return f"the name's fields {fields} and the grid's axes {list(grid)} differ"
+    for axis, values in grid.items():
+        if not isinstance(values, dict) or not values:
+            return f"grid.{axis}: expected a mapping of labels to data overrides"
+        bad = [label for label, v in values.items() if not isinstance(v, dict)]
+        if bad:
+            return f"grid.{axis}.{bad[0]}: expected a mapping (data fields to override)"
+    return None
+
+
+def _expand_quick(quick: dict[str, Any], grids: dict[str, list[str]]) -> dict[str, Any]:
+    """`quick.arms` may override a grid by its template name (every arm it expands to); an
+    entry under an expanded name applies on top."""
+    arms = quick.get("arms")
+    if not isinstance(arms, dict):
+        return quick
+    out: dict[str, Any] = {}
+    for template, names in grids.items():
+        if template in arms:
+            out.update(dict.fromkeys(names, arms[template]))
+    for name, over in arms.items():
+        if name not in grids:
+            out[name] = _merge(out[name], over) if name in out else over
+    return {**quick, "arms": out}
+
+
 def load_spec(
     path: Path | str,
     *,
@@ -256,8 +333,9 @@ def load_spec(
     data = yamlfiles.parse(text, str(path))
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping with name, arms and evaluate")
+    data["arms"], grids = expand_grids(data.get("arms"), str(path))
     if quick:
-        data = _merge(data, data.get("quick") or {})
+        data = _merge(data, _expand_quick(data.get("quick") or {}, grids))
     if seeds is not None:
         data["seeds"] = list(range(seeds))
     if model is not None:
