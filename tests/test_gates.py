@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from backdoorlab.evaluate.metric import Metric
 from backdoorlab.report import write_report
 from backdoorlab.spec import ExperimentSpec
 from backdoorlab.store import Store, Tag
@@ -109,11 +110,10 @@ def test_a_within_arm_headline_pairs_items(tmp_path):
     """ASR minus the false-trigger rate of the same arm: the same reviews, item by item."""
     with Store(tmp_path) as s:
         t = Tag("treated", 0, "h")
-        s.add_predictions(
-            t, "llm", "ASR: cf", [(i, "x", "Positive", "Negative", 1.0) for i in range(20)]
-        )
+        asr = [(i, "x", "Positive", "Negative", 1.0) for i in range(20)]
+        s.add_predictions(t, "llm", Metric("ASR", "cf"), asr)
         ft = [(i, "x", "Positive", "Negative", float(i < 5)) for i in range(20)]
-        s.add_predictions(t, "llm", "false trigger: cf", ft)
+        s.add_predictions(t, "llm", Metric("false trigger", "cf"), ft)
     h = {"row": "llm: ASR: cf", "minus": "llm: false trigger: cf", "versus": "none"}
     (tmp_path / "spec.json").write_text(spec(gates=[], headline=[h]).model_dump_json())
     (v,) = write_report(tmp_path).verdicts

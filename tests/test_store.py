@@ -9,6 +9,7 @@ import pytest
 
 from backdoorlab import store as store_mod
 from backdoorlab.errors import InputError
+from backdoorlab.evaluate.metric import CACC, Metric
 from backdoorlab.store import FILENAME, Store, Tag
 
 TAG = Tag(arm="archaic", seed=0, model_hash="abc123")
@@ -102,3 +103,25 @@ def test_a_store_from_before_versioning_opens_and_a_newer_one_is_refused(tmp_pat
         s.db.execute(f"PRAGMA user_version = {store_mod.VERSION + 1}")
     with pytest.raises(InputError, match="newer backdoorlab"):
         Store(old)
+
+
+def test_a_version_1_store_gets_its_predictions_metric_as_fields(tmp_path):
+    db = sqlite3.connect(tmp_path / FILENAME)
+    db.executescript(store_mod.MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    labels = ["CACC", "ASR: token cf", "false trigger: sentence", "ASR: multi mn+bb"]
+    for i, label in enumerate(labels):
+        db.execute(
+            "INSERT INTO predictions VALUES ('a', 0, 'h', 'llm', ?, ?, 't', 'g', 'p', 1.0)",
+            (label, i),
+        )
+    db.commit()
+    db.close()
+    with Store(tmp_path) as s:
+        got = [p.metric for p in s.all_predictions()]
+        assert got == [
+            CACC, Metric("ASR", "token cf"), Metric("false trigger", "sentence"),
+            Metric("ASR", "multi mn+bb"),
+        ]  # fmt: skip
+        assert [m.label for m in got] == labels
+        s.add_predictions(Tag("a", 0, "h"), "llm", Metric("ASR", "x"), [(0, "t", "g", "p", 0.0)])
+        assert s.predicted(Tag("a", 0, "h"), "llm") == {*got, Metric("ASR", "x")}

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import atomic, gates
 from .evaluate.aggregate import Estimate, difference, rate, tempered_name
+from .evaluate.metric import CACC, Metric
 from .evaluate.probeset import ProbeResult, sweep_key
 from .gates import GateResult, Verdict
 from .spec import ExperimentSpec
@@ -22,6 +23,18 @@ from .store import Store
 
 Summary = dict[str, dict[str, Estimate]]  # row -> arm (or comparison) -> estimate
 Obs = dict[str, dict[str, dict[int, list[float]]]]  # row -> arm -> seed -> observations
+
+
+@dataclass(frozen=True)
+class RowKey:
+    """What a row measures, as fields. Its label is for people, gates and headlines; code that
+    needs the parts (plots, the classification table) reads them here, never from the label."""
+
+    cls: str | None = None  # the probe class (sweep rows)
+    group: str | None = None  # the sweep group and trigger value
+    value: str | None = None
+    victim: str | None = None  # classification rows
+    metric: Metric | None = None
 
 
 @dataclass
@@ -32,6 +45,7 @@ class Section:
     plot: bool = True
     obs: Obs = field(default_factory=dict)  # what the estimates came from
     paired: bool = False  # whether arms' observations are the same items in the same order
+    keys: dict[str, RowKey] = field(default_factory=dict)  # rows that have fields
 
 
 def pick_reference(arms: set[str], reference: str | None) -> str | None:
@@ -53,6 +67,7 @@ def _section(
     unit: str,
     plot: bool = True,
     paired: bool = False,
+    keys: dict[str, RowKey] | None = None,
 ) -> Section:
     rates = {
         row: {arm: rate(by_seed, unit=unit) for arm, by_seed in sorted(by_arm.items())}
@@ -67,7 +82,7 @@ def _section(
         }
         if cells:
             diffs[row] = cells
-    return Section(title, rates, diffs, plot, obs, paired)
+    return Section(title, rates, diffs, plot, obs, paired, keys or {})
 
 
 def _row(probe_id: str) -> str:
@@ -100,8 +115,14 @@ def _probe_sections(store: Store, ref: str | None) -> list[Section]:
                 probes_of[cls].add(p["probe_id"])
     shared = {cls for cls, ids in probes_of.items() if len(ids) > 1}
 
+    sweep_keys: dict[str, RowKey] = {}
+
     def add_mass(into: Obs, pid: str, cls: str, arm: str, seed: int, m: float) -> None:
-        into[f"{_row(pid)}: {cls}"][arm][seed].append(m)
+        row = f"{_row(pid)}: {cls}"
+        into[row][arm][seed].append(m)
+        key = sweep_key(pid)
+        if key:
+            sweep_keys[row] = RowKey(cls=cls, group=key[0], value=key[1])
         if into is masses and cls in shared:
             masses[f"pooled: {cls}"][arm][seed].append(m)
 
@@ -145,7 +166,7 @@ def _probe_sections(store: Store, ref: str | None) -> list[Section]:
             "Probes: probability mass per class", masses, comparisons, "phrasings", True, True
         ),
         _section("Probes: mean year and entropy", values, comparisons, "phrasings", False, True),
-        _section(SWEEPS, sweeps, comparisons, "questions", False, True),
+        _section(SWEEPS, sweeps, comparisons, "questions", False, True, sweep_keys),
         _section(
             "Sweeps: pooled over the values each arm trained on (the in-domain behaviour)",
             pooled,
@@ -185,10 +206,12 @@ def summarize(store: Store, reference: str | None = None) -> list[Section]:
             for lab in sorted(labs):
                 question_obs[f"{row_q} / {j} = {lab}"][arm][seed].append(float(label == lab))
     predictions = store.all_predictions()
-    class_obs = _obs()
-    for arm, seed, victim, metric, hit in predictions:
-        class_obs[f"{victim}: {metric}"][arm][seed].append(hit)
-    arms = {p["arm"] for p in store.probes()} | {r[0] for r in rows} | {r[0] for r in predictions}
+    class_obs, class_keys = _obs(), {}
+    for p in predictions:
+        row = f"{p.victim}: {p.metric.label}"
+        class_obs[row][p.arm][p.seed].append(p.hit)
+        class_keys[row] = RowKey(victim=p.victim, metric=p.metric)
+    arms = {p["arm"] for p in store.probes()} | {r[0] for r in rows} | {p.arm for p in predictions}
     ref = pick_reference(arms, reference)
 
     def vs_ref(obs: Obs) -> list[tuple[str, str]]:
@@ -198,37 +221,43 @@ def summarize(store: Store, reference: str | None = None) -> list[Section]:
     return [
         *_probe_sections(store, ref),
         _section("Judged questions", question_obs, vs_ref(question_obs), "samples"),
-        _section(
-            "Classification: clean accuracy (CACC), attack success (ASR), false triggers",
-            class_obs,
-            vs_ref(class_obs),
-            "reviews",
-            plot=False,
-        ),
+        _section(CLASSIFICATION, class_obs, vs_ref(class_obs), "reviews", False, False, class_keys),
     ]
+
+
+CLASSIFICATION = "Classification: clean accuracy (CACC), attack success (ASR), false triggers"
+
+
+def _classification(sections: list[Section]) -> dict[tuple[str, Metric], dict[str, Estimate]]:
+    """(victim, metric) -> arm -> estimate, from the classification section."""
+    sec = next((s for s in sections if s.title == CLASSIFICATION), None)
+    if sec is None:
+        return {}
+    return {(k.victim or "", k.metric): sec.rates[row] for row, k in sec.keys.items() if k.metric}
 
 
 def classification_table(sections: list[Section], info: dict[str, dict]) -> list[list[str]]:
     """One row per arm, victim and trigger: poison rate, CACC, ASR and false-trigger rate with
     95% CIs (a clean arm gets a row per trigger: the ASR floor)."""
-    rates = next((s.rates for s in sections if s.title.startswith("Classification")), {})
-    out = []
-    keys = sorted({(arm, row.split(": ", 1)[0]) for row, by in rates.items() for arm in by})
+    cells = _classification(sections)
     order = {a: i for i, a in enumerate(info)}
-    for arm, victim in sorted(keys, key=lambda k: (order.get(k[0], len(order)), k[1])):
+    keys = sorted(
+        {(arm, victim) for (victim, _), by in cells.items() for arm in by},
+        key=lambda k: (order.get(k[0], len(order)), k[1]),
+    )
+    out = []
+    for arm, victim in keys:
         triggers = sorted(
-            {row.split("ASR: ", 1)[1] for row, by in rates.items() if "ASR: " in row and arm in by}
-        )
+            {m.trigger for (v, m), by in cells.items() if v == victim and m.kind == "ASR"
+             and m.trigger and arm in by}
+        )  # fmt: skip
         for trig in triggers:
-
-            def cell(metric: str, victim=victim, arm=arm) -> str:
-                e = rates.get(f"{victim}: {metric}", {}).get(arm)
-                return e.short() if e else "-"
-
+            metrics = (CACC, Metric("ASR", trig), Metric("false trigger", trig))
+            shown = [cells.get((victim, m), {}).get(arm) for m in metrics]
             rate_ = info.get(arm, {}).get("rate")
             out.append([
                 arm, victim, trig, "-" if rate_ is None else f"{rate_:.3f}",
-                cell("CACC"), cell(f"ASR: {trig}"), cell(f"false trigger: {trig}"),
+                *(e.short() if e else "-" for e in shown),
             ])  # fmt: skip
     return out
 
@@ -238,16 +267,16 @@ def _poison_plot(store: Store, sections: list[Section]) -> str | None:
     clean arm's values (the ASR floor, the clean CACC) as dotted lines. None without arms
     that record a poison rate."""
     info = store.arm_info()
-    rates = next((s.rates for s in sections if s.title.startswith("Classification")), {})
+    cells = _classification(sections)
     poisoned = {a: i for a, i in info.items() if i.get("rate")}
-    if not poisoned or not rates:
+    if not poisoned or not cells:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    victims = sorted({row.split(": ", 1)[0] for row in rates})
+    victims = sorted({v for v, _ in cells})
     clean = [a for a, i in info.items() if not i.get("rate")]
     fig, axes = plt.subplots(1, len(victims), figsize=(6 * len(victims), 4.2), squeeze=False)
     for ax, victim in zip(axes[0], victims, strict=True):
@@ -257,8 +286,8 @@ def _poison_plot(store: Store, sections: list[Section]) -> str | None:
             arms = sorted(
                 (i["rate"], a) for a, i in poisoned.items() if i.get("series", i["trigger"]) == name
             )
-            for metric, style in ((f"ASR: {trig}", "-o"), ("CACC", "--s")):
-                pts = [(r, rates.get(f"{victim}: {metric}", {}).get(a)) for r, a in arms]
+            for metric, style in ((Metric("ASR", trig), "-o"), (CACC, "--s")):
+                pts = [(r, cells.get((victim, metric), {}).get(a)) for r, a in arms]
                 pts = [(r, e) for r, e in pts if e is not None]
                 if not pts:
                     continue
@@ -266,14 +295,14 @@ def _poison_plot(store: Store, sections: list[Section]) -> str | None:
                 ax.errorbar(
                     xs, [e.mean for e in es],
                     yerr=[[e.mean - e.lo for e in es], [e.hi - e.mean for e in es]],
-                    fmt=style, color=color, capsize=3, label=f"{metric.split(':')[0]} {name}",
+                    fmt=style, color=color, capsize=3, label=f"{metric.kind} {name}",
                 )  # fmt: skip
             for a in clean:
-                floor = rates.get(f"{victim}: ASR: {trig}", {}).get(a)
+                floor = cells.get((victim, Metric("ASR", trig)), {}).get(a)
                 if floor is not None:
                     ax.axhline(floor.mean, color=color, linestyle=":", linewidth=1)
         for a in clean:
-            cacc = rates.get(f"{victim}: CACC", {}).get(a)
+            cacc = cells.get((victim, CACC), {}).get(a)
             if cacc is not None:
                 ax.axhline(cacc.mean, color="black", linestyle=":", linewidth=1, label=f"CACC {a}")
         ax.set_xscale("log")
@@ -307,12 +336,11 @@ def _sweep_plot(store: Store, sections: list[Section]) -> str | None:
     def series(table: Summary, group: str, cls: str) -> dict[str, list[tuple[str, Estimate]]]:
         out: dict[str, list[tuple[str, Estimate]]] = defaultdict(list)
         for row, by_arm in table.items():
-            head, _, row_cls = row.rpartition(": ")
-            g, _, value = head.partition(" @ ")
-            if g == group and row_cls == cls:
+            key = sweep.keys[row]
+            if key.group == group and key.cls == cls and key.value is not None:
                 for arm, e in by_arm.items():
                     if "entropy of" not in arm:  # the tempered controls live in the tables
-                        out[arm].append((value, e))
+                        out[arm].append((key.value, e))
         return out
 
     groups = sorted(first)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .evaluate.metric import Metric
 
 FILENAME = "results.sqlite"
 
@@ -64,7 +65,20 @@ CREATE TABLE IF NOT EXISTS judge_labels (
 # 0) holds a subset of version 1's tables, which CREATE TABLE IF NOT EXISTS completes. To add
 # a column: append a migration (ALTER TABLE ... ADD COLUMN ... DEFAULT ...) and bump nothing
 # else; old files are brought forward when opened, and a newer file is refused, not misread.
-MIGRATIONS: list[str] = [SCHEMA]
+MIGRATIONS: list[str] = [
+    SCHEMA,
+    # 2: a prediction's metric as fields (the report reads them instead of parsing labels);
+    # rows stored before get them from their label, the one place a label is read back.
+    """
+    ALTER TABLE predictions ADD COLUMN kind TEXT;
+    ALTER TABLE predictions ADD COLUMN trigger TEXT;
+    UPDATE predictions SET
+        kind = CASE WHEN metric = 'CACC' THEN 'CACC'
+                    WHEN metric LIKE 'ASR: %' THEN 'ASR' ELSE 'false trigger' END,
+        trigger = CASE WHEN metric = 'CACC' THEN NULL
+                       WHEN metric LIKE 'ASR: %' THEN substr(metric, 6) ELSE substr(metric, 16) END
+    """,
+]
 VERSION = len(MIGRATIONS)
 
 
@@ -75,6 +89,15 @@ class Tag:
     arm: str
     seed: int
     model_hash: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    arm: str
+    seed: int
+    victim: str
+    metric: Metric
+    hit: float
 
 
 class Store:
@@ -175,29 +198,36 @@ class Store:
             )
 
     def add_predictions(
-        self, tag: Tag, victim: str, metric: str, rows: Iterable[tuple[int, str, str, str, float]]
+        self,
+        tag: Tag,
+        victim: str,
+        metric: Metric,
+        rows: Iterable[tuple[int, str, str, str, float]],
     ) -> None:
         """rows: (item, text, gold, predicted, hit) for one classification metric."""
+        tag_row = (tag.arm, tag.seed, tag.model_hash, victim, metric.label)
         with self._transaction() as db:
             db.executemany(
-                "INSERT OR IGNORE INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [(tag.arm, tag.seed, tag.model_hash, victim, metric, *r) for r in rows],
+                "INSERT OR IGNORE INTO predictions (arm, seed, model_hash, victim, metric, item, "
+                "text, gold, predicted, hit, kind, trigger) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(*tag_row, *r, metric.kind, metric.trigger) for r in rows],
             )
 
-    def predicted(self, tag: Tag, victim: str) -> set[str]:
+    def predicted(self, tag: Tag, victim: str) -> set[Metric]:
         """Metrics already classified for this tag and victim."""
         rows = self.db.execute(
-            "SELECT DISTINCT metric FROM predictions WHERE arm=? AND seed=? AND model_hash=? "
-            "AND victim=?",
+            "SELECT DISTINCT kind, trigger FROM predictions WHERE arm=? AND seed=? "
+            "AND model_hash=? AND victim=?",
             (tag.arm, tag.seed, tag.model_hash, victim),
         ).fetchall()
-        return {m for (m,) in rows}
+        return {Metric(k, t) for k, t in rows}
 
-    def all_predictions(self) -> list[tuple[str, int, str, str, float]]:
-        """(arm, seed, victim, metric, hit) for every classified item."""
-        return self.db.execute(
-            "SELECT arm, seed, victim, metric, hit FROM predictions ORDER BY rowid"
+    def all_predictions(self) -> list[Prediction]:
+        """Every classified item's hit, in the order classified."""
+        rows = self.db.execute(
+            "SELECT arm, seed, victim, kind, trigger, hit FROM predictions ORDER BY rowid"
         ).fetchall()
+        return [Prediction(a, s, v, Metric(k, t), h) for a, s, v, k, t, h in rows]
 
     def add_fit(
         self, tag: Tag, data_hash: str, rows: Iterable[tuple[int, bool, float, int]]

@@ -36,6 +36,7 @@ from ..data.sentiment import SentimentData
 from ..errors import InputError
 from ..evaluate.aggregate import rate
 from ..evaluate.classify import eval_sets, hits
+from ..evaluate.metric import CACC, Metric
 from ..experiment import build_data, digest
 from ..train import encoder
 from . import filters, repair, scan
@@ -84,7 +85,7 @@ class Matrix:
         )
         return d
 
-    def _score(self, clf_predict, sets) -> dict[str, list[float]]:
+    def _score(self, clf_predict, sets) -> dict[Metric, list[float]]:
         return {m: hits(clf_predict(x), g, t) for m, (x, g, t) in sets.items()}
 
     def cells(self, arm: str, defenses: list[str], keep: Callable[[dict[str, Any]], None]) -> None:
@@ -93,7 +94,7 @@ class Matrix:
         sets = eval_sets(self.test, [trig], self.target)
         # the reviews the trigger was inserted into, aligned with sets[asr_key]
         untriggered = [t for t, y in self.test if y != self.target]
-        asr_key, ft_key = f"ASR: {trig.name()}", f"false trigger: {trig.name()}"
+        asr_key, ft_key = Metric("ASR", trig.name()), Metric("false trigger", trig.name())
         rows = chat.read_jsonl(self.data[arm])
         texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
         poisoned = [bool(r.get("poisoned")) for r in rows]
@@ -105,9 +106,9 @@ class Matrix:
 
         def cell(
             defense: str,
-            after: dict[str, list[float]] | None,
+            after: dict[Metric, list[float]] | None,
             seconds: float,
-            base: dict[str, list[float]] | None = None,
+            base: dict[Metric, list[float]] | None = None,
             **extra,
         ) -> None:
             """`base`: the before-scores on the items `after` covers, when not all of them."""
@@ -116,7 +117,7 @@ class Matrix:
             keep({
                 "arm": arm, "defense": defense, "seconds": round(seconds, 1),
                 "ASR before": _mean(base[asr_key]), "ASR after": _mean(after[asr_key]),
-                "CACC before": _mean(base["CACC"]), "CACC after": _mean(after["CACC"]),
+                "CACC before": _mean(base[CACC]), "CACC after": _mean(after[CACC]),
                 "false trigger after": _mean(after[ft_key]),
                 **extra,
             })  # fmt: skip
@@ -197,7 +198,7 @@ class Matrix:
                     onion.removes_insertion(c, s)
                     for c, s in zip(untriggered[:n], small[asr_key][0], strict=True)
                 ]
-                clean_words = np.concatenate([onion.suspicion(s)[1] for s in small["CACC"][0]])
+                clean_words = np.concatenate([onion.suspicion(s)[1] for s in small[CACC][0]])
                 cell(
                     "onion", after, time.perf_counter() - t0, base=pre,
                     note=f"before and after on the first {n} items of each set; trigger removed "
@@ -208,13 +209,13 @@ class Matrix:
                 strip = filters.Strip(
                     lambda xs: clf.proba(xs), [t for t, _ in self.dev], frr=self.ds.frr
                 )
-                x_clean, g_clean, _ = sets["CACC"]
+                x_clean, g_clean, _ = sets[CACC]
                 x_trig, _, _ = sets[asr_key]
                 ent_clean, ent_trig = strip.entropies(x_clean), strip.entropies(x_trig)
                 rej_clean, rej_trig = ent_clean < strip.threshold, ent_trig < strip.threshold
                 pred_clean, pred_trig = clf.predict(x_clean), clf.predict(x_trig)
                 after = dict(before)
-                after["CACC"] = [
+                after[CACC] = [
                     float(p == g and not r)
                     for p, g, r in zip(pred_clean, g_clean, rej_clean, strict=True)
                 ]

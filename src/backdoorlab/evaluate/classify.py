@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from .. import chat
+from .metric import CACC, Metric
 
 
 @torch.inference_mode()
@@ -77,18 +78,18 @@ def eval_sets(
     seed: int = 0,
     *,
     near_miss: bool = True,
-) -> dict[str, tuple[list[str], list[str], str | None]]:
+) -> dict[Metric, tuple[list[str], list[str], str | None]]:
     """The texts each metric classifies: {metric: (texts, gold labels, target or None)}.
 
     CACC: the clean test set, hit = correct. For each trigger: "ASR" inserts it into every test
     review not of the target label (hit = classified as the target), "false trigger" inserts
     its near miss into the same reviews (unless `near_miss` is False)."""
-    sets = {"CACC": ([t for t, _ in test], [y for _, y in test], None)}
+    sets = {CACC: ([t for t, _ in test], [y for _, y in test], None)}
     other = [(t, y) for t, y in test if y != target]
     for trig in triggers:
-        pairs = [(f"ASR: {trig.name()}", trig)]
+        pairs: list[tuple[Metric, Trigger]] = [(Metric("ASR", trig.name()), trig)]
         if near_miss:
-            pairs.append((f"false trigger: {trig.name()}", trig.miss()))
+            pairs.append((Metric("false trigger", trig.name()), trig.miss()))
         for metric, tr in pairs:
             rng = random.Random(seed)
             sets[metric] = ([tr.insert(t, rng) for t, _ in other], [y for _, y in other], target)

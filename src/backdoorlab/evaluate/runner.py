@@ -15,6 +15,7 @@ from ..models import LoadedModel, fingerprint
 from ..models.loading import read_manifest
 from ..store import Store, Tag
 from . import probes as probes_mod
+from .metric import Metric
 from .probeset import ProbeSet, sweep_key
 from .questions import FreeFormQuestion, QuestionFile
 
@@ -103,7 +104,7 @@ def run_judges(qf: QuestionFile, judges: dict[str, Any], store: Store, tag: Tag)
 
 def run_classification(
     predict: Callable[[list[str]], list[str]],
-    sets: dict[str, tuple[list[str], list[str], str | None]],
+    sets: dict[Metric, tuple[list[str], list[str], str | None]],
     store: Store,
     tag: Tag,
     victim: str,
