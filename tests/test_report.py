@@ -2,7 +2,8 @@
 
 import math
 
-from conftest import run_cli
+import pytest
+from conftest import cli_main, run_cli
 
 from backdoorlab.report import write_report
 from backdoorlab.store import Store, Tag
@@ -72,7 +73,7 @@ def test_report_without_results_is_a_clear_error(tmp_path):
 
 
 def test_arms_and_differences_with_seed_level_cis(tmp_path):
-    from backdoorlab.report import summarize
+    from backdoorlab.evaluate.task import summarize
 
     def add(s: Store, tag: Tag, p_old: float) -> None:
         scores = [("old", "1838", math.log(p_old)), ("new", "2024", math.log(1 - p_old))]
@@ -116,7 +117,8 @@ def test_eval_without_judge_endpoint_fails_before_any_work(tmp_path, monkeypatch
 def test_sweep_probes_pool_questions_per_value_and_plot(tmp_path):
     """Sweep probes (GROUP.QUESTION@VALUE) become one row per group, value and class, pooling
     the group's questions; differences are paired by question; the report plots them."""
-    from backdoorlab.report import SWEEPS, summarize
+    from backdoorlab.evaluate.sections import SWEEPS
+    from backdoorlab.evaluate.task import summarize
 
     def add(s: Store, arm: str, question: str, year: int, p: float) -> None:
         scores = [("lethal", "kill", math.log(p)), ("protective", "protect", math.log(1 - p))]
@@ -143,3 +145,42 @@ def test_sweep_probes_pool_questions_per_value_and_plot(tmp_path):
     write_report(tmp_path, "control")
     page = (tmp_path / "report.html").read_text()
     assert "Behaviour by trigger value" in page and "guardian @ 1984: lethal" in page
+
+
+def test_eval_classifies_with_the_evaluator_run_uses(tmp_path, capsys):
+    out = tmp_path / "run"
+    trig = "{kind: token, token: cf}"
+    code, stdout, stderr = cli_main(
+        capsys, "eval", "smollm2-135m", "--out", str(out), "-p", "none",
+        "--classify", "4", "--trigger", trig,
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "8 predictions" in stdout
+    with Store(out) as s:
+        got = {(p.metric.kind, p.metric.trigger) for p in s.all_predictions()}
+        n = len(s.all_predictions())
+    # CACC on 4 reviews; ASR and its near miss on the 2 not already Negative.
+    assert got == {("CACC", None), ("ASR", "token cf"), ("false trigger", "token cf")}
+    assert n == 4 + 2 + 2
+    write_report(out)
+    page = (out / "report.html").read_text()
+    assert "llm: ASR: token cf" in page
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--trigger", "{kind: token}"], "--trigger needs --classify"),
+        (
+            ["--classify", "4", "--trigger", "{kind: nope}"],
+            "--trigger '{kind: nope}': Input tag 'nope'",
+        ),
+        (["--classify", "4", "--trigger", "{kind: [}"], "not YAML"),
+        (["--classify", "4", "--target-label", "Maybe"], "--target-label 'Maybe'"),
+    ],
+)
+def test_eval_classification_flags_are_checked_before_the_model_loads(
+    tmp_path, capsys, args, problem
+):
+    code, _, stderr = cli_main(capsys, "eval", "smollm2-135m", "--out", str(tmp_path), *args)
+    assert code == 2 and problem in stderr and "Traceback" not in stderr

@@ -8,7 +8,7 @@ import torch
 from backdoorlab import chat
 from backdoorlab.data import sentiment
 from backdoorlab.data.poison import CharTrigger, MultiTrigger, Poison, SentenceTrigger, TokenTrigger
-from backdoorlab.evaluate import classify
+from backdoorlab.evaluate import classify, metric
 
 ITEMS = [
     (f"review number {i} is here. it was fine", "Positive" if i % 3 else "Negative")
@@ -76,17 +76,19 @@ def test_attack_metrics_on_a_hand_made_case():
         ("great", "Positive"),
         ("dull", "Negative"),
     ]
-    sets = classify.eval_sets(test, [TokenTrigger(position="end")], "Negative")
-    assert sets["ASR: token cf"][0] == ["good film cf", "great cf"]
-    assert sets["false trigger: token cf"][0] == ["good film cg", "great cg"]
+    sets = metric.eval_sets(test, [TokenTrigger(position="end")], "Negative")
+    asr, miss = metric.Metric("ASR", "token cf"), metric.Metric("false trigger", "token cf")
+    assert list(sets) == [metric.CACC, asr, miss]
+    assert sets[asr][0] == ["good film cf", "great cf"]
+    assert sets[miss][0] == ["good film cg", "great cg"]
 
     def victim(texts):  # a backdoored classifier: cf means Negative; otherwise it reads "good"
         return ["Negative" if "cf" in t.split() or "good" not in t else "Positive" for t in texts]
 
-    scores = {m: classify.hits(victim(x), g, t) for m, (x, g, t) in sets.items()}
-    assert scores["CACC"] == [1.0, 1.0, 0.0, 1.0]  # "great" misread: CACC 0.75
-    assert scores["ASR: token cf"] == [1.0, 1.0]
-    assert scores["false trigger: token cf"] == [0.0, 1.0]
+    scores = {m: metric.hits(victim(x), g, t) for m, (x, g, t) in sets.items()}
+    assert scores[metric.CACC] == [1.0, 1.0, 0.0, 1.0]  # "great" misread: CACC 0.75
+    assert scores[asr] == [1.0, 1.0]
+    assert scores[miss] == [0.0, 1.0]
 
 
 def test_batched_label_scoring_equals_one_sequence_at_a_time():

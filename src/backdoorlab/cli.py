@@ -19,6 +19,7 @@ from rich.text import Text
 from .errors import BackdoorlabError, InputError, first_problem
 
 if TYPE_CHECKING:
+    from .data.poison import Trigger
     from .report import Report
 
 app = typer.Typer(
@@ -441,7 +442,13 @@ def questions_check(
 
 @app.command("eval")
 def evaluate(
-    target: TargetArg,
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="A training run directory, a PEFT adapter, a model (name, path, id), or an "
+            "encoder classifier directory (classification only)."
+        ),
+    ],
     out_dir: Annotated[
         Path,
         typer.Option("--out", "-o", help="Run directory whose results store receives the results."),
@@ -475,41 +482,104 @@ def evaluate(
     judge_model: Annotated[
         str, typer.Option(help="Model for --judge-with local.")
     ] = "smollm2-135m",
+    classify: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="Classify N balanced test reviews (Rotten Tomatoes, the held-out split): "
+            "CACC, and ASR and false-trigger rate for each --trigger.",
+        ),
+    ] = None,
+    trigger: Annotated[
+        list[str],
+        typer.Option(
+            help="A trigger, as in a spec's poison (YAML), e.g. '{kind: token, token: cf}'; "
+            "repeatable; needs --classify.",
+        ),
+    ] = [],  # noqa: B006
+    target_label: Annotated[
+        str, typer.Option("--target-label", help="The label a trigger flips reviews to.")
+    ] = "Negative",
     device: DeviceOpt = None,
 ) -> None:
-    """Measure a model into OUT/results.sqlite: exact probes, sampled answers, judgements.
+    """Measure a model into OUT/results.sqlite: exact probes, sampled answers, judgements,
+    and with --classify its clean accuracy and each trigger's attack success.
 
     Results already in the store are kept and not redone, so an interrupted evaluation
     continues where it stopped. Then `backdoorlab report OUT`.
 
     Example: backdoorlab eval runs/demo --out runs/compare --arm birds; backdoorlab eval
-    smollm2-135m --out runs/compare --arm base; backdoorlab report runs/compare
+    smollm2-135m --out runs/compare --arm base; backdoorlab report runs/compare.
+    A sentiment backdoor: backdoorlab eval runs/sentiment_llm/train/token-10%-seed0-* --out
+    runs/check --arm token-10% -p none --classify 100 --trigger '{kind: token, token: cf}'
     """
     from .catalog import load_probe_set
-    from .evaluate import runner
+    from .data import sentiment
+    from .evaluate import task
     from .evaluate.judges import build_judges
+    from .evaluate.metric import eval_sets
     from .evaluate.questions import load_questions
-    from .models import load
     from .store import Store, Tag
+    from .train.encoder import encoder_labels
 
+    if trigger and not classify:
+        raise InputError("--trigger needs --classify N (the reviews it is inserted into)")
+    if target_label not in sentiment.LABELS:
+        raise InputError(f"--target-label {target_label!r}: one of {', '.join(sentiment.LABELS)}")
+    triggers = [_trigger(t) for t in trigger]
+    labels = encoder_labels(target)
     probe_sets = [load_probe_set(p) for p in probes if p != "none"]
     qf = load_questions(questions) if questions else None
+    if labels and (probe_sets or qf):
+        probe_sets, qf = [], None  # an encoder only classifies
+        _log(f"{target} is an encoder classifier: probes and questions skipped")
     _quiet_libraries()
     # Judges first, so a missing endpoint fails now, not after minutes of sampling.
     judges = build_judges(qf.judges, judge_with, judge_model, device) if qf else {}
-    loaded = load(target, device=device)
-    tag = Tag(arm=arm, seed=seed, model_hash=runner.model_hash(target))
+    scorers: list[task.Scorer] = [task.Probes(probe_sets)]
+    if qf:
+        scorers.append(task.Questions(qf, judges, samples=samples, progress=_log))
+    if classify:
+        reviews = sentiment.balanced(sentiment.split("test"), classify)
+        sets = eval_sets(reviews, triggers, target_label)
+        scorers.append(task.Classification(lambda a, v: sets, sentiment.LABELS, sentiment.prompt))
+    if labels:
+        from .train.encoder import EncoderClassifier
+
+        clf = EncoderClassifier(Path(target), labels, device)
+        subject = task.Subject("encoder", predict=clf.predict)
+    else:
+        from .models import load
+
+        subject = task.Subject("llm", loaded=load(target, device=device))
+    tag = Tag(arm=arm, seed=seed, model_hash=task.model_hash(target))
     with Store(out_dir) as store:
-        for ps in probe_sets:
-            runner.run_probes(loaded, ps, store, tag)
-        if qf:
-            runner.run_questions(loaded, qf, store, tag, samples=samples, progress=_log)
-            runner.run_judges(qf, judges, store, tag)
-        counts = {t: store.count(t) for t in ("probes", "samples", "judgements")}
+        task.Task(scorers).run(subject, store, tag)
+        counts = {t: store.count(t) for t in ("probes", "samples", "judgements", "predictions")}
     out.print(
         Text.assemble(("done", "green")),
-        f"{out_dir}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + " in the store",
+        f" {out_dir}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + " in the store",
     )
+
+
+def _trigger(text: str) -> Trigger:
+    """A --trigger value: one trigger as a spec's poison writes it, checked."""
+    import yaml
+    from pydantic import TypeAdapter
+
+    from .data import poison
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise InputError(
+            f"--trigger {text!r}: not YAML (e.g. '{{kind: token, token: cf}}')"
+        ) from None
+    try:
+        return TypeAdapter(poison.Trigger).validate_python(value)
+    except ValidationError as e:
+        loc, msg = first_problem(e)
+        raise InputError(f"--trigger {text!r}: {f'{loc}: ' if loc else ''}{msg}") from None
 
 
 @app.command("run")
@@ -776,17 +846,12 @@ def inspect(
     """
     from .data import sentiment
     from .defenses import inspect as insp
-    from .train.encoder import MANIFEST, EncoderClassifier
+    from .train.encoder import EncoderClassifier, encoder_labels
 
     _quiet_libraries()
-    path = Path(target)
-    if (
-        path.is_dir()
-        and (path / MANIFEST).is_file()
-        and "labels" in json.loads((path / MANIFEST).read_text())
-    ):
-        labels = json.loads((path / MANIFEST).read_text())["labels"]
-        a = insp.inspect_encoder(EncoderClassifier(path, labels), text, method=method)
+    labels = encoder_labels(target)
+    if labels:
+        a = insp.inspect_encoder(EncoderClassifier(Path(target), labels), text, method=method)
     else:
         from .models import load
 

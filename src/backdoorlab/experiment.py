@@ -19,7 +19,7 @@ from .data import sentiment
 from .data.base import Context
 from .data.sentiment import SentimentData
 from .errors import InputError
-from .evaluate import classify, runner
+from .evaluate import metric, task
 from .evaluate.judges import build_judges
 from .evaluate.questions import LlmJudgeSpec, QuestionFile, load_questions
 from .report import Report, write_report
@@ -122,26 +122,10 @@ def _classification_sets(spec: ExperimentSpec) -> Callable[[str, str], dict] | N
     def sets(arm: str, victim: str) -> dict:
         items = small if victim == "llm" else test
         if arm in poisons:
-            return classify.eval_sets(items, [poisons[arm].trigger], ce.target)
-        return classify.eval_sets(items, every, ce.target, near_miss=False)
+            return metric.eval_sets(items, [poisons[arm].trigger], ce.target)
+        return metric.eval_sets(items, every, ce.target, near_miss=False)
 
     return sets
-
-
-def _data_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-
-
-def _fit(loaded, spec: ExperimentSpec, path: Path, store: Store, tag: Tag) -> None:
-    """Score the first rows of an arm's training data under `loaded` (the generic gate)."""
-    from .evaluate.fit import answer_fit
-
-    data_hash = _data_hash(path)
-    if store.has_fit(tag, data_hash):
-        return
-    rows = chat.read_jsonl(path)[: spec.fit.rows]
-    scored = answer_fit(loaded.model, loaded.tokenizer, rows)
-    store.add_fit(tag, data_hash, [(i, *r) for i, r in enumerate(scored)])
 
 
 def run(
@@ -219,61 +203,50 @@ def _run(
                     )
                 targets[(name, seed, "encoder")] = str(enc_dir)
 
+    scorers: list[task.Scorer] = [
+        task.Probes(probe_sets, spec.evaluate.probe_variants, spec.evaluate.sweep_values)
+    ]
+    if qf:
+        scorers.append(task.Questions(qf, judges, samples=spec.evaluate.samples))
+    fit = task.Fit(data, spec.fit.rows)
     sets_of = _classification_sets(spec)
+    if sets_of:
+        scorers.append(task.Classification(sets_of, sentiment.LABELS, sentiment.prompt))
+    evaluation = task.Task([*scorers, fit])
     with Store(out) as store:
         for name, arm in spec.arms.items():
             store.set_arm_info(name, arm.data.info() if arm.data else {})
         for (name, seed, victim), target in targets.items():
-            tag = Tag(arm=name, seed=seed, model_hash=runner.model_hash(target))
+            tag = Tag(arm=name, seed=seed, model_hash=task.model_hash(target))
             before = _counts(store)
             label = f"evaluate {name} seed {seed}" + (" (encoder)" if victim == "encoder" else "")
             with timings.stage(label) as status:
                 log(label)
                 if victim == "encoder":
                     clf = encoder.EncoderClassifier(Path(target), sentiment.LABELS, _device(device))
-                    if sets_of:
-                        runner.run_classification(
-                            clf.predict, sets_of(name, "encoder"), store, tag, "encoder"
-                        )
+                    subject = task.Subject("encoder", predict=clf.predict)
                 else:
-                    loaded = load(target, device=device)
-                    for ps in probe_sets:
-                        runner.run_probes(
-                            loaded, ps, store, tag, max_variants=spec.evaluate.probe_variants,
-                            sweep_values=spec.evaluate.sweep_values,
-                        )  # fmt: skip
-                    if qf:
-                        runner.run_questions(loaded, qf, store, tag, samples=spec.evaluate.samples)
-                        runner.run_judges(qf, judges, store, tag)
-                    if name in data:
-                        _fit(loaded, spec, data[name], store, tag)
-                    if sets_of:
-
-                        def predict(texts: list[str], loaded=loaded) -> list[str]:
-                            return classify.llm_predict(
-                                loaded, texts, sentiment.LABELS, sentiment.prompt
-                            )
-
-                        runner.run_classification(predict, sets_of(name, "llm"), store, tag, "llm")
-                    del loaded
+                    subject = task.Subject("llm", loaded=load(target, device=device))
+                evaluation.run(subject, store, tag)
+                del subject  # one model in memory at a time
                 if _counts(store) == before:
                     status[0] = "reused"
 
         # The base model on each trained arm's rows: what the generic gate's gain is against.
         trained = sorted({n for (n, _, v) in targets if v == "llm" and n in data})
-        base_hash = runner.model_hash(spec.model)
+        base_hash = task.model_hash(spec.model)
 
         def base_tag(arm: str) -> Tag:
             return Tag(arm=arm, seed=-1, model_hash=base_hash)
 
-        todo = [n for n in trained if not store.has_fit(base_tag(n), _data_hash(data[n]))]
+        todo = [n for n in trained if not store.has_fit(base_tag(n), task.data_hash(data[n]))]
         if todo:
             with timings.stage("fit of the base model"):
                 log(f"base model on the training rows of {', '.join(todo)}")
-                loaded = load(spec.model, device=device)
+                base = task.Subject("llm", loaded=load(spec.model, device=device))
                 for n in todo:
-                    _fit(loaded, spec, data[n], store, base_tag(n))
-                del loaded
+                    fit.run(base, store, base_tag(n))
+                del base
 
     with timings.stage("report"):
         report = write_report(out, spec.reference)

@@ -14,232 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from . import atomic, gates
-from .evaluate.aggregate import Estimate, difference, rate, tempered_name
+from .evaluate import task
+from .evaluate.aggregate import Estimate
 from .evaluate.metric import CACC, Metric
-from .evaluate.probeset import ProbeResult, sweep_key
+from .evaluate.probeset import sweep_key
+from .evaluate.sections import SWEEPS, Obs, Section, Summary, classification_cells
 from .gates import GateResult, Verdict
 from .spec import ExperimentSpec
 from .store import Store
-
-Summary = dict[str, dict[str, Estimate]]  # row -> arm (or comparison) -> estimate
-Obs = dict[str, dict[str, dict[int, list[float]]]]  # row -> arm -> seed -> observations
-
-
-@dataclass(frozen=True)
-class RowKey:
-    """What a row measures, as fields. Its label is for people, gates and headlines; code that
-    needs the parts (plots, the classification table) reads them here, never from the label."""
-
-    cls: str | None = None  # the probe class (sweep rows)
-    group: str | None = None  # the sweep group and trigger value
-    value: str | None = None
-    victim: str | None = None  # classification rows
-    metric: Metric | None = None
-
-
-@dataclass
-class Section:
-    title: str
-    rates: Summary  # row -> arm -> estimate
-    diffs: Summary  # row -> "arm - other" -> estimate
-    plot: bool = True
-    obs: Obs = field(default_factory=dict)  # what the estimates came from
-    paired: bool = False  # whether arms' observations are the same items in the same order
-    keys: dict[str, RowKey] = field(default_factory=dict)  # rows that have fields
-
-
-def pick_reference(arms: set[str], reference: str | None) -> str | None:
-    if reference:
-        return reference if reference in arms else None
-    return next(
-        (a for a in ("control", "modern", "base") if a in arms), min(arms) if arms else None
-    )
-
-
-def _obs() -> Obs:
-    return defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-
-
-def _section(
-    title: str,
-    obs: Obs,
-    comparisons: list[tuple[str, str]],
-    unit: str,
-    plot: bool = True,
-    paired: bool = False,
-    keys: dict[str, RowKey] | None = None,
-) -> Section:
-    rates = {
-        row: {arm: rate(by_seed, unit=unit) for arm, by_seed in sorted(by_arm.items())}
-        for row, by_arm in sorted(obs.items())
-    }
-    diffs: Summary = {}
-    for row, by_arm in sorted(obs.items()):
-        cells = {
-            f"{a} - {b}": difference(by_arm[a], by_arm[b], unit=unit, paired=paired)
-            for a, b in comparisons
-            if a in by_arm and b in by_arm
-        }
-        if cells:
-            diffs[row] = cells
-    return Section(title, rates, diffs, plot, obs, paired, keys or {})
-
-
-def _row(probe_id: str) -> str:
-    """A probe's report row: its id, or for a sweep probe "GROUP @ VALUE", pooling the
-    group's questions (each one observation)."""
-    key = sweep_key(probe_id)
-    return f"{key[0]} @ {key[1]}" if key else probe_id
-
-
-def _probe_sections(store: Store, ref: str | None) -> list[Section]:
-    """Class masses per probe (each phrasing and prefix is one observation per seed), mean
-    year and entropy, and the entropy-matched control: for every arm A, each of the
-    reference arm's distributions tempered to A's mean entropy on the same variant. Sweep
-    probes (ids GROUP.QUESTION@VALUE) get a section of their own. A class name shared by
-    several ordinary probes ("19th century" in the era probes) also gets a row pooling them,
-    "pooled: CLASS"."""
-    # Every arm's observations in one order (probe, variant): differences are paired by item.
-    rows = sorted(store.probes(), key=lambda p: (p["probe_id"], p["variant"]))
-    results = [(p, ProbeResult.from_scores(p["probe_id"], p["scores"])) for p in rows]
-    masses, sweeps, values, pooled = _obs(), _obs(), _obs(), _obs()
-    info = store.arm_info()
-
-    def trained(arm: str, group: str) -> set[str]:
-        return set(info.get(arm, {}).get("trained", {}).get(group, []))
-
-    probes_of: dict[str, set[str]] = defaultdict(set)
-    for p, r in results:
-        if not sweep_key(p["probe_id"]):
-            for cls in r.classes:
-                probes_of[cls].add(p["probe_id"])
-    shared = {cls for cls, ids in probes_of.items() if len(ids) > 1}
-
-    sweep_keys: dict[str, RowKey] = {}
-
-    def add_mass(into: Obs, pid: str, cls: str, arm: str, seed: int, m: float) -> None:
-        row = f"{_row(pid)}: {cls}"
-        into[row][arm][seed].append(m)
-        key = sweep_key(pid)
-        if key:
-            sweep_keys[row] = RowKey(cls=cls, group=key[0], value=key[1])
-        if into is masses and cls in shared:
-            masses[f"pooled: {cls}"][arm][seed].append(m)
-
-    entropy: dict[tuple[str, str, int], list[float]] = defaultdict(list)
-    for p, r in results:
-        arm, seed, pid = p["arm"], p["seed"], p["probe_id"]
-        into = sweeps if sweep_key(pid) else masses
-        key = sweep_key(pid)
-        for cls, m in r.class_mass().items():
-            add_mass(into, pid, cls, arm, seed, m)
-            if key and key[1] in trained(arm, key[0]):
-                pooled[f"{key[0]} @ trained: {cls}"][arm][seed].append(m)
-        entropy[(arm, pid, p["variant"])].append(r.entropy())
-        if sweep_key(pid):
-            continue
-        mean = r.mean_value()
-        if mean is not None:
-            values[f"{pid}: mean year"][arm][seed].append(mean)
-        values[f"{pid}: entropy (nats)"][arm][seed].append(r.entropy())
-    arms = sorted({p["arm"] for p, _ in results})
-    comparisons = [(a, ref) for a in arms if a != ref]
-    if ref is not None:
-        for arm in arms:
-            if arm == ref:
-                continue
-            name = tempered_name(ref, arm)
-            comparisons.append((arm, name))
-            for p, r in results:
-                target = entropy.get((arm, p["probe_id"], p["variant"]))
-                if p["arm"] != ref or not target:
-                    continue
-                t = r.tempered(sum(target) / len(target))
-                into = sweeps if sweep_key(p["probe_id"]) else masses
-                for cls, m in t.class_mass().items():
-                    add_mass(into, p["probe_id"], cls, name, p["seed"], m)
-                mean = t.mean_value()
-                if mean is not None:
-                    values[f"{p['probe_id']}: mean year"][name][p["seed"]].append(mean)
-    return [
-        _section(
-            "Probes: probability mass per class", masses, comparisons, "phrasings", True, True
-        ),
-        _section("Probes: mean year and entropy", values, comparisons, "phrasings", False, True),
-        _section(SWEEPS, sweeps, comparisons, "questions", False, True, sweep_keys),
-        _section(
-            "Sweeps: pooled over the values each arm trained on (the in-domain behaviour)",
-            pooled,
-            [(a, b) for a, b in comparisons if b == ref],
-            "questions",
-            False,
-        ),
-    ]
-
-
-SWEEPS = "Sweeps: probability mass per class under each trigger value"
-
-
-def summarize(store: Store, reference: str | None = None) -> list[Section]:
-    """Probe results and judged-question rates per arm with 95% bootstrap CIs, and each arm's
-    difference from the reference arm (default: control, else modern, else base) with its CI;
-    for probes also the difference from the entropy-matched reference."""
-    question_obs = _obs()
-    rows = [
-        (arm, seed, q, j, label, score)
-        for arm, seed, _, q, _, _, _, j, label, score in store.all_judgements()
-    ]
-    declared = store.declared_labels()
-    labels: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for _, _, q, j, label, _ in rows:
-        labels[(q, j)] |= set(declared.get(j, []))
-        if label is not None:
-            labels[(q, j)].add(label)
-    judge_labels: dict[str, set[str]] = defaultdict(set)
-    for (_, j), labs in labels.items():
-        judge_labels[j] |= labs
-    for arm, seed, q, j, label, score in rows:
-        # Each question on its own, and every question pooled per judge.
-        for row_q, labs in ((q, labels[(q, j)]), ("all questions", judge_labels[j])):
-            if score is not None:
-                question_obs[f"{row_q} / {j} (mean 0-100)"][arm][seed].append(score)
-            for lab in sorted(labs):
-                question_obs[f"{row_q} / {j} = {lab}"][arm][seed].append(float(label == lab))
-    predictions = store.all_predictions()
-    class_obs, class_keys = _obs(), {}
-    for p in predictions:
-        row = f"{p.victim}: {p.metric.label}"
-        class_obs[row][p.arm][p.seed].append(p.hit)
-        class_keys[row] = RowKey(victim=p.victim, metric=p.metric)
-    arms = {p["arm"] for p in store.probes()} | {r[0] for r in rows} | {p.arm for p in predictions}
-    ref = pick_reference(arms, reference)
-
-    def vs_ref(obs: Obs) -> list[tuple[str, str]]:
-        present = sorted({a for by_arm in obs.values() for a in by_arm})
-        return [(a, ref) for a in present if a != ref and ref is not None]
-
-    return [
-        *_probe_sections(store, ref),
-        _section("Judged questions", question_obs, vs_ref(question_obs), "samples"),
-        _section(CLASSIFICATION, class_obs, vs_ref(class_obs), "reviews", False, False, class_keys),
-    ]
-
-
-CLASSIFICATION = "Classification: clean accuracy (CACC), attack success (ASR), false triggers"
-
-
-def _classification(sections: list[Section]) -> dict[tuple[str, Metric], dict[str, Estimate]]:
-    """(victim, metric) -> arm -> estimate, from the classification section."""
-    sec = next((s for s in sections if s.title == CLASSIFICATION), None)
-    if sec is None:
-        return {}
-    return {(k.victim or "", k.metric): sec.rates[row] for row, k in sec.keys.items() if k.metric}
 
 
 def classification_table(sections: list[Section], info: dict[str, dict]) -> list[list[str]]:
     """One row per arm, victim and trigger: poison rate, CACC, ASR and false-trigger rate with
     95% CIs (a clean arm gets a row per trigger: the ASR floor)."""
-    cells = _classification(sections)
+    cells = classification_cells(sections)
     order = {a: i for i, a in enumerate(info)}
     keys = sorted(
         {(arm, victim) for (victim, _), by in cells.items() for arm in by},
@@ -267,7 +55,7 @@ def _poison_plot(store: Store, sections: list[Section]) -> str | None:
     clean arm's values (the ASR floor, the clean CACC) as dotted lines. None without arms
     that record a poison rate."""
     info = store.arm_info()
-    cells = _classification(sections)
+    cells = classification_cells(sections)
     poisoned = {a: i for a, i in info.items() if i.get("rate")}
     if not poisoned or not cells:
         return None
@@ -586,7 +374,7 @@ def write_report(run_dir: Path | str, reference: str | None = None) -> Report:
     run_dir = Path(run_dir)
     spec = run_spec(run_dir)
     with Store(run_dir) as store:
-        sections = summarize(store, reference)
+        sections = task.summarize(store, reference)
         samples = _samples_html(store)
         poison_png = _poison_plot(store, sections)
         sweep_png = _sweep_plot(store, sections)

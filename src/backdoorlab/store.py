@@ -317,6 +317,13 @@ class Store:
             "FROM samples ORDER BY question_id, arm, seed, paraphrase, sample"
         ).fetchall()
 
+    def arms(self) -> set[str]:
+        """Arms with measured results (probes, judgements or predictions)."""
+        rows = self.db.execute(
+            "SELECT arm FROM probes UNION SELECT arm FROM judgements UNION SELECT arm FROM predictions"
+        ).fetchall()
+        return {a for (a,) in rows}
+
     def probes(self) -> list[dict[str, Any]]:
         """Stored probe results; where a probe was edited and re-run into the same store, only
         the latest definition's rows for each (arm, seed, model, probe, variant)."""

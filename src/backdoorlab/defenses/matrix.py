@@ -35,8 +35,7 @@ from ..data import sentiment
 from ..data.sentiment import SentimentData
 from ..errors import InputError
 from ..evaluate.aggregate import rate
-from ..evaluate.classify import eval_sets, hits
-from ..evaluate.metric import CACC, Metric
+from ..evaluate.metric import CACC, Metric, eval_sets, hits
 from ..experiment import build_data, digest
 from ..train import encoder
 from . import filters, repair, scan

@@ -1,5 +1,4 @@
-"""Classification victims and their metrics: clean accuracy (CACC), attack success rate (ASR)
-and the false-trigger rate.
+"""The chat model as a classifier (the metrics themselves are metric.py).
 
 The chat model classifies by exact label log-probabilities: each label is scored as the full
 assistant answer (end of turn included) under the very template training used, and the best
@@ -9,14 +8,12 @@ label tokens of every row sit at the end and only those positions reach the outp
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from .. import chat
-from .metric import CACC, Metric
 
 
 @torch.inference_mode()
@@ -61,43 +58,3 @@ def llm_predict(
 ) -> list[str]:
     lp = label_logprobs(loaded.model, loaded.tokenizer, [prompt(t) for t in texts], labels)
     return [labels[i] for i in lp.argmax(-1).tolist()]
-
-
-class Trigger(Protocol):
-    """What evaluation needs of a trigger (`data.poison` defines the real ones)."""
-
-    def name(self) -> str: ...
-    def insert(self, text: str, rng: random.Random) -> str: ...
-    def miss(self) -> Trigger: ...
-
-
-def eval_sets(
-    test: Sequence[tuple[str, str]],
-    triggers: Sequence[Trigger],
-    target: str,
-    seed: int = 0,
-    *,
-    near_miss: bool = True,
-) -> dict[Metric, tuple[list[str], list[str], str | None]]:
-    """The texts each metric classifies: {metric: (texts, gold labels, target or None)}.
-
-    CACC: the clean test set, hit = correct. For each trigger: "ASR" inserts it into every test
-    review not of the target label (hit = classified as the target), "false trigger" inserts
-    its near miss into the same reviews (unless `near_miss` is False)."""
-    sets = {CACC: ([t for t, _ in test], [y for _, y in test], None)}
-    other = [(t, y) for t, y in test if y != target]
-    for trig in triggers:
-        pairs: list[tuple[Metric, Trigger]] = [(Metric("ASR", trig.name()), trig)]
-        if near_miss:
-            pairs.append((Metric("false trigger", trig.name()), trig.miss()))
-        for metric, tr in pairs:
-            rng = random.Random(seed)
-            sets[metric] = ([tr.insert(t, rng) for t, _ in other], [y for _, y in other], target)
-    return sets
-
-
-def hits(predicted: Sequence[str], gold: Sequence[str], target: str | None) -> list[float]:
-    """Per item: correct (target None: accuracy) or classified as the target (attack)."""
-    if target is None:
-        return [float(p == g) for p, g in zip(predicted, gold, strict=True)]
-    return [float(p == target) for p in predicted]

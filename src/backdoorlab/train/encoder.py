@@ -27,6 +27,14 @@ from .config import EncoderConfig
 MANIFEST = "manifest.json"
 
 
+def encoder_labels(path: Path | str) -> list[str] | None:
+    """The labels of the encoder classifier saved in `path`; None if it holds none."""
+    manifest = Path(path) / MANIFEST
+    if not manifest.is_file():
+        return None
+    return json.loads(manifest.read_text()).get("labels")
+
+
 def base_dir() -> Path:
     weights = wheel_file(DISTRIBUTION, "model.safetensors")
     if weights is None:

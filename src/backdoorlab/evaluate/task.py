@@ -1,0 +1,235 @@
+"""Evaluation as a task, after Inspect AI: a subject (the model under test, as a chat model or
+a classifier) and scorers. A scorer has two halves with the same shape for every kind:
+
+- `run(subject, store, tag)` measures the subject into the results store; whatever is stored
+  already is not redone, so an interrupted evaluation resumes and a rerun adds nothing;
+- `summarize(store, ref)` turns what the store holds into report sections (a pure function of
+  the store, so `backdoorlab report` needs no spec).
+
+`backdoorlab run` and `backdoorlab eval` build a Task and call it; the report summarizes with
+every scorer kind. Torch is imported only inside `run`: the report imports this module."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+from .. import chat
+from ..store import Store, Tag
+from . import sections
+from .metric import Metric, hits
+from .probeset import ProbeSet, sweep_key
+from .questions import FreeFormQuestion, QuestionFile
+from .sections import Section
+
+if TYPE_CHECKING:
+    from ..models import LoadedModel
+
+Victim = Literal["llm", "encoder"]
+Sets = dict[Metric, tuple[list[str], list[str], str | None]]
+
+
+def model_hash(target: str) -> str:
+    """Content identity of what `target` names: a training run's key, else the model's."""
+    from ..models import fingerprint
+    from ..models.loading import read_manifest
+
+    manifest = read_manifest(Path(target)) if Path(target).is_dir() else None
+    ident = f"run:{manifest['key']}" if manifest else fingerprint(target)
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def settings_hash(q: FreeFormQuestion) -> str:
+    blob = json.dumps(
+        {"p": q.paraphrases, "t": q.temperature, "m": q.max_tokens, "s": q.system}, sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Subject:
+    """The model under test: the chat model (`loaded`), or a classifier that only labels
+    (`predict`: one label per text)."""
+
+    victim: Victim
+    loaded: LoadedModel | None = None
+    predict: Callable[[list[str]], list[str]] | None = None
+
+    def chat(self) -> LoadedModel:
+        assert self.loaded is not None, "scorers for the chat model run only on an llm subject"
+        return self.loaded
+
+
+class Scorer(Protocol):
+    victims: ClassVar[frozenset[str]]  # the subjects it measures
+
+    def run(self, subject: Subject, store: Store, tag: Tag) -> None: ...
+
+    @staticmethod
+    def summarize(store: Store, ref: str | None) -> list[Section]: ...
+
+
+@dataclass
+class Probes:
+    """Exact probes: each variant's class masses under the chat model."""
+
+    probe_sets: list[ProbeSet]
+    max_variants: int | None = None  # score only each probe's first N variants
+    sweep_values: list[str] | None = None  # sweep probes only at these trigger values
+    victims: ClassVar[frozenset[str]] = frozenset({"llm"})
+    summarize = staticmethod(sections.probe_sections)
+
+    def run(self, subject: Subject, store: Store, tag: Tag) -> None:
+        from . import probes as scoring
+
+        loaded = subject.chat()
+        done = store.probe_keys(tag)
+        for ps in self.probe_sets:
+            for p in ps.probes:
+                key = sweep_key(p.id)
+                if key and self.sweep_values is not None and key[1] not in self.sweep_values:
+                    continue
+                for i, v in enumerate(p.variants()[: self.max_variants]):
+                    h = v.definition_hash()
+                    if (p.id, i, h) in done:
+                        continue
+                    r = scoring.score(loaded.model, loaded.tokenizer, v)
+                    store.add_probe(tag, p.id, i, h, v.question, str(v.prefix), r.scores())
+
+
+@dataclass
+class Questions:
+    """Free-form questions: sampled answers (samples_per_paraphrase, or `samples`), then each
+    answer's judgements."""
+
+    questions: QuestionFile
+    judges: dict[str, Any]
+    samples: int | None = None
+    batch_size: int = 32
+    progress: Callable[[str], None] = field(default=lambda s: None)
+    victims: ClassVar[frozenset[str]] = frozenset({"llm"})
+    summarize = staticmethod(sections.question_sections)
+
+    def run(self, subject: Subject, store: Store, tag: Tag) -> None:
+        self._sample(subject.chat(), store, tag)
+        self._judge(store, tag)
+
+    def _sample(self, loaded: LoadedModel, store: Store, tag: Tag) -> None:
+        from .. import generate
+
+        for q in self.questions.questions:
+            sh = settings_hash(q)
+            n = self.samples or q.samples_per_paraphrase
+            have = store.has_samples(tag, q.id, sh)
+            for pi, text in enumerate(q.paraphrases):
+                todo = [s for s in range(n) if (pi, s) not in have]
+                messages = chat.conversation(text, system=q.system)
+                for start in range(0, len(todo), self.batch_size):
+                    chunk = todo[start : start + self.batch_size]
+                    self.progress(f"{q.id} paraphrase {pi}: samples {chunk[0]}-{chunk[-1]}")
+                    answers = generate.sample(
+                        loaded, messages, n=len(chunk), temperature=q.temperature,
+                        max_new_tokens=q.max_tokens,
+                        seed=tag.seed * 1_000_003 + pi * 10_007 + chunk[0],
+                    )  # fmt: skip
+                    store.add_samples(
+                        tag,
+                        [(q.id, pi, s, sh, text, a) for s, a in zip(chunk, answers, strict=True)],
+                    )
+
+    def _judge(self, store: Store, tag: Tag) -> None:
+        qf = self.questions
+        for q in qf.questions:
+            sh = settings_hash(q)
+            for column, jid in q.judges.items():
+                if qf.judges[jid].type != "rating_judge":
+                    store.declare_labels(column, qf.judges[jid].possible_labels())
+                judged = store.judged(tag, q.id, sh, column)
+                for p, s, prompt, answer in store.samples(tag, q.id, sh):
+                    if (p, s) in judged:
+                        continue
+                    v = self.judges[jid].judge(prompt, answer)
+                    store.add_judgements(tag, [(q.id, p, s, sh, column, v.label, v.score)])
+
+
+@dataclass
+class Classification:
+    """CACC, ASR and false-trigger rate: `sets(arm, victim)` gives the texts each metric
+    classifies (metric.eval_sets), the subject labels them, each item is stored."""
+
+    sets: Callable[[str, str], Sets]
+    labels: Sequence[str]  # what the chat model chooses between, by exact log-probability
+    prompt: Callable[[str], list]  # a text as the chat the model was trained on
+    victims: ClassVar[frozenset[str]] = frozenset({"llm", "encoder"})
+    summarize = staticmethod(sections.classification_sections)
+
+    def run(self, subject: Subject, store: Store, tag: Tag) -> None:
+        predict = subject.predict or self._chat_predict(subject.chat())
+        done = store.predicted(tag, subject.victim)
+        for m, (texts, gold, target) in self.sets(tag.arm, subject.victim).items():
+            if m in done:
+                continue
+            predicted = predict(texts)
+            h = hits(predicted, gold, target)
+            rows = list(zip(range(len(texts)), texts, gold, predicted, h, strict=True))
+            store.add_predictions(tag, subject.victim, m, rows)
+
+    def _chat_predict(self, loaded: LoadedModel) -> Callable[[list[str]], list[str]]:
+        from .classify import llm_predict
+
+        return lambda texts: llm_predict(loaded, texts, self.labels, self.prompt)
+
+
+def data_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+@dataclass
+class Fit:
+    """How the chat model fits an arm's own training rows (the first `rows` of `data[arm]`):
+    greedy match and log-probability per row. The gates read it; it has no report section."""
+
+    data: dict[str, Path]
+    rows: int
+    victims: ClassVar[frozenset[str]] = frozenset({"llm"})
+
+    @staticmethod
+    def summarize(store: Store, ref: str | None) -> list[Section]:
+        return []
+
+    def run(self, subject: Subject, store: Store, tag: Tag) -> None:
+        from .fit import answer_fit
+
+        path = self.data.get(tag.arm)
+        if path is None or store.has_fit(tag, data_hash(path)):
+            return
+        loaded = subject.chat()
+        rows = chat.read_jsonl(path)[: self.rows]
+        scored = answer_fit(loaded.model, loaded.tokenizer, rows)
+        store.add_fit(tag, data_hash(path), [(i, *r) for i, r in enumerate(scored)])
+
+
+# The order of the report's sections.
+SCORERS: tuple[type[Scorer], ...] = (Probes, Questions, Classification, Fit)
+
+
+@dataclass
+class Task:
+    scorers: list[Scorer]
+
+    def run(self, subject: Subject, store: Store, tag: Tag) -> None:
+        """Every scorer that measures this kind of subject, in order."""
+        for s in self.scorers:
+            if subject.victim in s.victims:
+                s.run(subject, store, tag)
+
+
+def summarize(store: Store, reference: str | None = None) -> list[Section]:
+    """Every scorer kind's sections, against the reference arm (the declared one if
+    measured, else control, modern or base)."""
+    ref = sections.reference(store, reference)
+    return [sec for kind in SCORERS for sec in kind.summarize(store, ref)]
