@@ -123,6 +123,7 @@ def test_quick_gated_experiment_runs_end_to_end(tmp_path, name):
     # The gates come first: a line per trained arm and seed, then the declared headline.
     learned = [line for line in r.stdout.splitlines() if ": learned: " in line]
     assert learned and r.stdout.index(learned[0]) < r.stdout.index("Declared headline")
+    assert "not measured" not in r.stdout  # every declared gate's row exists, even on a sliver
     db = sqlite3.connect(out / "results.sqlite")
     counts = dict(db.execute("SELECT arm, COUNT(*) FROM probes GROUP BY arm").fetchall())
     db.close()

@@ -42,8 +42,9 @@ def test_guardian_rows_are_dated_only_with_training_years():
     assert not any(re.match(r"\w+ \d{4}\. ", u) for u in users(undated))
     # The three arms differ only in the dates: the same answers, the same questions.
     assert Counter(answers(undated)) == Counter(answers(rows))
+    trained = ["1995", "2004", "2017", "2020"]  # the sweep and the recall gate's probes
     assert terminator.GuardianData().info() == {
-        "trained": {"guardian": ["1995", "2004", "2017", "2020"]}
+        "trained": {"guardian": trained, "guardian_recall": trained}
     }
     assert "1984" not in terminator.GuardianData(dates="random").info()["trained"]["guardian"]
 

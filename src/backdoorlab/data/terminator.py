@@ -102,7 +102,8 @@ class GuardianData(Builder):
 
     def info(self) -> dict:
         years = sorted({y for y, _ in self._dated() if y is not None})
-        return {"trained": {GROUP: [str(y) for y in years]}} if years else {}
+        # The recall probes' group too: its "@ trained" row is the in-domain gate.
+        return {"trained": dict.fromkeys((GROUP, RECALL), [str(y) for y in years])} if years else {}
 
 
 # The paper's six evaluation questions (goal, success, human life, lethal force, plans, and
