@@ -50,6 +50,9 @@ def test_a_learned_arm_gets_a_verdict_with_its_interval(tmp_path):
     assert v.estimate.lo > 0 and v.paper == "~0.6"
     page = (tmp_path / "report.html").read_text()
     assert page.index("Headline (declared") < page.index("In-domain gates") < page.index("Probes")
+    # Then each arm against the reference (raw and entropy-matched), the declared row first.
+    assert page.index("In-domain gates") < page.index("Each arm against the reference")
+    assert "Judged questions" not in page  # nothing judged: the section is left out
 
 
 def test_a_failed_gate_makes_the_comparison_not_a_test_never_a_null(tmp_path):

@@ -4,7 +4,6 @@ escaped, a per-sample table) and a terminal summary, both from the results store
 from __future__ import annotations
 
 import base64
-import html
 import io
 import textwrap
 from collections import defaultdict
@@ -14,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from . import atomic, gates
+from .evaluate import sections as evaluate_sections
 from .evaluate import task
-from .evaluate.aggregate import Estimate
+from .evaluate.aggregate import Estimate, tempered_name
 from .evaluate.metric import CACC, Metric
 from .evaluate.probeset import sweep_key
 from .evaluate.sections import SWEEPS, Obs, Section, Summary, classification_cells
@@ -186,75 +186,6 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _plot(section: Summary, title: str) -> str | None:
-    """A horizontal bar chart (rows x arms, 95% CI whiskers) as a base64 PNG, or None if empty."""
-    if not section:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = list(section)
-    arms = sorted({a for r in section.values() for a in r})
-    height = 0.8 / max(1, len(arms))
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) * max(1, len(arms)) ** 0.5 + 1.2))
-    for i, arm in enumerate(arms):
-        ys = [r + i * height for r in range(len(rows))]
-        est = [section[row].get(arm) for row in rows]
-        means = [e.mean if e else 0 for e in est]
-        err = [[e.mean - e.lo if e else 0 for e in est], [e.hi - e.mean if e else 0 for e in est]]
-        ax.barh(ys, means, height=height, xerr=err, label=arm, capsize=2)
-    names = [textwrap.shorten(r, 60) for r in rows]
-    ax.set_yticks([r + height * (len(arms) - 1) / 2 for r in range(len(rows))], names, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _table(section: Summary) -> str:
-    arms = sorted({a for r in section.values() for a in r})
-    head = "".join(f"<th>{html.escape(a)}</th>" for a in arms)
-    body = []
-    for row, by_arm in section.items():
-        cells = "".join(
-            f"<td>{html.escape(str(by_arm[a])) if a in by_arm else '-'}</td>" for a in arms
-        )
-        body.append(f"<tr><th>{html.escape(row)}</th>{cells}</tr>")
-    return f"<table><tr><th></th>{head}</tr>{''.join(body)}</table>"
-
-
-def _samples_html(store: Store) -> str:
-    judged: dict[tuple, list[str]] = defaultdict(list)
-    for arm, seed, mh, q, p, s, sh, j, label, score in store.all_judgements():
-        value = label if label is not None else ("refused" if score is None else f"{score:.1f}")
-        judged[(arm, seed, mh, q, p, s, sh)].append(f"{j}: {value}")
-    by_q: dict[str, list[str]] = defaultdict(list)
-    for arm, seed, mh, q, p, s, sh, answer in store.all_samples():
-        verdicts = "; ".join(judged.get((arm, seed, mh, q, p, s, sh), []))
-        by_q[q].append(
-            f"<tr><td>{html.escape(arm)}</td><td>{seed}</td><td>{p}.{s}</td>"
-            f"<td class=a>{html.escape(answer)}</td><td>{html.escape(verdicts)}</td></tr>"
-        )
-    parts = []
-    for q, rows in by_q.items():
-        parts.append(
-            f"<details><summary>{html.escape(q)} ({len(rows)} samples)</summary><table>"
-            "<tr><th>arm</th><th>seed</th><th>sample</th><th>answer</th><th>judgements</th></tr>"
-            f"{''.join(rows)}</table></details>"
-        )
-    return "".join(parts) or "<p>No sampled answers in this run.</p>"
-
-
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ddd;padding:4px 8px;
-text-align:left;vertical-align:top}td.a{white-space:pre-wrap;max-width:600px}img{max-width:100%}
-details{margin:.5em 0}summary{cursor:pointer;font-weight:600}.note{color:#555}
-.v-not-a-test{color:#a15c00}.v-effect{color:#0a6b2e}"""
-
-
 @dataclass
 class Report:
     """What `write_report` measured: the sections, and (when the run directory holds the
@@ -293,40 +224,6 @@ def assess(
     # The declared reference, even where this run left it out: then the headline is "not
     # measured", never silently a comparison with nothing.
     return results, gates.verdicts(spec, values, paired, results, reference or spec.reference)
-
-
-def _gates_html(report: Report) -> str:
-    if not report.gates and not report.verdicts:
-        return ""
-    parts = []
-    if report.verdicts:
-        rows = "".join(
-            f"<tr><td>{html.escape(v.quantity())}</td><td>{html.escape(v.comparison())}</td>"
-            f"<td class=v-{v.kind.replace(' ', '-')}><b>{html.escape(v.text)}</b></td>"
-            f"<td>{html.escape(v.paper or '-')}</td></tr>"
-            for v in report.verdicts
-        )
-        parts.append(
-            "<h2>Headline (declared in the spec before the run)</h2><table><tr><th>row</th>"
-            f"<th>comparison</th><th>verdict</th><th>the paper</th></tr>{rows}</table>"
-        )
-    if report.gates:
-        rows = "".join(
-            f"<tr><td>{html.escape(g.arm)}</td><td>{g.seed}</td><td>{html.escape(g.kind)}</td>"
-            f"<td>{html.escape(g.name)}</td>"
-            f"<td>{'-' if g.value is None else f'{g.value:.3f}'}</td>"
-            f"<td>{html.escape(g.threshold())}</td><td><b>{'yes' if g.passed else 'no'}</b></td>"
-            f"<td>{html.escape(g.what)}</td></tr>"
-            for g in report.gates
-        )
-        parts.append(
-            "<h2>In-domain gates: did each arm learn its training signal?</h2><p class=note>"
-            "An out-of-domain comparison whose treated arm failed its gate is not a test. "
-            "Prerequisites ask whether the untrained model knows what the held-out trigger "
-            "means.</p><table><tr><th>arm</th><th>seed</th><th>kind</th><th>measure</th>"
-            f"<th>value</th><th>threshold</th><th>passed</th><th>note</th></tr>{rows}</table>"
-        )
-    return "".join(parts)
 
 
 SUMMARY_COLUMNS = (
@@ -370,62 +267,130 @@ def summary_rows(name: str, report: Report) -> list[list[str]]:
     ]
 
 
+def _forest(
+    sections: list[Section], ref: str | None, shown: list[str], limit: int = 20
+) -> tuple[str | None, str]:
+    """Each trained arm's difference from the reference, raw (filled) and entropy-matched
+    (hollow), with 95% CIs: the declared rows first, then the rows that moved most (of probe
+    masses and classification), up to `limit`. Returns the PNG and a note on which rows."""
+    diffs = {row: (sec, cells) for sec in sections if sec.plot for row, cells in sec.diffs.items()}
+    if not diffs:
+        return None, ""
+    rows = [r for r in dict.fromkeys(shown) if r in diffs]
+    moved = sorted(
+        (r for r in diffs if r not in rows),
+        key=lambda r: -max(abs(e.mean) for e in diffs[r][1].values()),
+    )
+    rows += moved[: max(0, limit - len(rows))]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = sorted({sec.pairs[c][0] for sec, cells in diffs.values() for c in cells})
+    fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) * max(1, len(arms)) ** 0.5 + 1.4))
+    step = 0.7 / max(1, 2 * len(arms))
+    for i, row in enumerate(rows):
+        sec, cells = diffs[row]
+        for c, e in cells.items():
+            arm, other = sec.pairs[c]
+            k = arms.index(arm)
+            matched = ref is not None and other == tempered_name(ref, arm)
+            y = i + (2 * k + matched) * step
+            ax.errorbar(
+                # (a percentile interval need not hold the mean: whiskers are clipped at it)
+                [e.mean], [y], xerr=[[max(0, e.mean - e.lo)], [max(0, e.hi - e.mean)]],
+                fmt="o", color=f"C{k}",
+                markerfacecolor="white" if matched else f"C{k}", capsize=2, markersize=4,
+                label=None if i else f"{arm}{' (entropy-matched)' if matched else ''}",
+            )  # fmt: skip
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks([i + step * (len(arms) - 0.5) for i in range(len(rows))])
+    ax.set_yticklabels([textwrap.shorten(r, 60) for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("difference from the reference arm")
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    declared = len([r for r in dict.fromkeys(shown) if r in diffs])
+    first = f"the spec's {declared} declared rows, then " if declared else ""
+    note = f"Rows: {first}those that moved most, up to {limit}; every row is in the details."
+    return _png(fig), note
+
+
+def _samples(store: Store) -> list[dict[str, Any]]:
+    """Sampled answers with their judgements, grouped by question."""
+    judged: dict[tuple, list[str]] = defaultdict(list)
+    for arm, seed, mh, q, p, s, sh, j, label, score in store.all_judgements():
+        value = label if label is not None else ("refused" if score is None else f"{score:.1f}")
+        judged[(arm, seed, mh, q, p, s, sh)].append(f"{j}: {value}")
+    by_q: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for arm, seed, mh, q, p, s, sh, answer in store.all_samples():
+        verdicts = "; ".join(judged.get((arm, seed, mh, q, p, s, sh), []))
+        by_q[q].append(
+            {"arm": arm, "seed": seed, "sample": f"{p}.{s}", "answer": answer, "judged": verdicts}
+        )
+    return [{"question": q, "rows": rows} for q, rows in by_q.items()]
+
+
+def _template() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("backdoorlab", "templates"),
+        autoescape=True,  # model outputs, judge replies and file names are text, never markup
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.globals["arms_of"] = lambda summary: sorted({a for r in summary.values() for a in r})
+    return env.get_template("report.html.j2")
+
+
 def write_report(run_dir: Path | str, reference: str | None = None) -> Report:
+    """report.html in `run_dir`: the question, the gates, the declared headline and its
+    verdict, each arm against the reference, then every section's table (collapsed)."""
     run_dir = Path(run_dir)
     spec = run_spec(run_dir)
+    reference = reference or (spec.reference if spec else None)
     with Store(run_dir) as store:
+        ref = evaluate_sections.reference(store, reference)
         sections = task.summarize(store, reference)
-        samples = _samples_html(store)
-        poison_png = _poison_plot(store, sections)
-        sweep_png = _sweep_plot(store, sections)
+        samples = _samples(store)
+        figures = [
+            {"title": title, "png": png}
+            for title, png in (
+                ("Attack success and clean accuracy vs poison rate", _poison_plot(store, sections)),
+                ("Behaviour by trigger value", _sweep_plot(store, sections)),
+            )
+            if png
+        ]
         fit = store.all_fit()
     results, verdicts = assess(spec, sections, fit, reference)
     report = Report(run_dir / "report.html", sections, results, verdicts, gates.fit_summary(fit))
-    parts = [_gates_html(report)]
-    defenses = run_dir / "defenses.json"
-    if defenses.is_file():
+    shown = [*spec.headline_rows(), *(r for g in spec.gates for r in g.rows())] if spec else []
+    forest, forest_note = _forest(sections, ref, shown)
+    defenses = None
+    if (run_dir / "defenses.json").is_file():
         import json
 
-        cells = json.loads(defenses.read_text())
-        cols = list(dict.fromkeys(k for c in cells for k in c))
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(c.get(k, '-')))}</td>" for k in cols) + "</tr>"
-            for c in cells
-        )
-        parts.append(
-            "<h2>Attack x defense matrix (encoder victim)</h2><p class=note>From "
-            "<code>backdoorlab defend</code>: ASR and CACC before and after each defense, "
-            f"detection AUROC where it applies, cost in seconds.</p><table><tr>{head}</tr>{body}</table>"
-        )
-    if poison_png:
-        parts.append(
-            "<h2>Attack success and clean accuracy vs poison rate</h2>"
-            f'<img alt="ASR and CACC vs poison rate" src="data:image/png;base64,{poison_png}">'
-        )
-    if sweep_png:
-        parts.append(
-            "<h2>Behaviour by trigger value</h2>"
-            f'<img alt="behaviour by trigger value" src="data:image/png;base64,{sweep_png}">'
-        )
-    for sec in sections:
-        parts.append(f"<h2>{html.escape(sec.title)}</h2>")
-        if not sec.rates:
-            parts.append("<p>Nothing measured.</p>")
-            continue
-        png = _plot(sec.rates, sec.title) if sec.plot else None
-        if png:
-            parts.append(f'<img alt="{html.escape(sec.title)}" src="data:image/png;base64,{png}">')
-        parts.append(_table(sec.rates))
-        if sec.diffs:
-            parts.append("<h3>Differences from the reference arm</h3>" + _table(sec.diffs))
-    page = (
-        f"<!doctype html><html><head><meta charset=utf-8><title>backdoorlab report: {html.escape(run_dir.name)}</title>"
-        f"<style>{CSS}</style></head><body><h1>backdoorlab report: {html.escape(str(run_dir))}</h1>"
-        f"<p class=note>Means with 95% bootstrap confidence intervals: over seeds when an arm has several, "
-        f"over samples when it has one (which understates between-run spread). A single value per arm "
-        f"has no interval. Written {datetime.now(UTC).isoformat(timespec='seconds')}.</p>"
-        f"{''.join(parts)}<h2>Samples</h2>{samples}</body></html>"
+        cells = json.loads((run_dir / "defenses.json").read_text())
+        defenses = {"columns": list(dict.fromkeys(k for c in cells for k in c)), "rows": cells}
+    page = _template().render(
+        name=run_dir.name,
+        title=f"{spec.name}: backdoorlab report" if spec else f"backdoorlab report: {run_dir.name}",
+        question=spec.description if spec else "",
+        verdicts=verdicts,
+        gates=results,
+        forest=forest,
+        forest_rows_note=forest_note,
+        figures=figures,
+        defenses=defenses,
+        sections=[sec for sec in sections if sec.rates],  # empty sections are left out
+        samples=samples,
+        written=datetime.now(UTC).isoformat(timespec="seconds"),
+        run_dir=str(run_dir),
     )
     atomic.write_text(report.path, page)
     return report

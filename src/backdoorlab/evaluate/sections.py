@@ -33,10 +33,11 @@ class Section:
     title: str
     rates: Summary  # row -> arm -> estimate
     diffs: Summary  # row -> "arm - other" -> estimate
-    plot: bool = True
+    plot: bool = True  # its differences are shares (0-1): drawn in the report's forest plot
     obs: Obs = field(default_factory=dict)  # what the estimates came from
     paired: bool = False  # whether arms' observations are the same items in the same order
     keys: dict[str, RowKey] = field(default_factory=dict)  # rows that have fields
+    pairs: dict[str, tuple[str, str]] = field(default_factory=dict)  # diff column -> (arm, other)
 
 
 def pick_reference(arms: set[str], reference: str | None) -> str | None:
@@ -73,7 +74,8 @@ def section(
         }
         if cells:
             diffs[row] = cells
-    return Section(title, rates, diffs, plot, obs, paired, keys or {})
+    pairs = {f"{a} - {b}": (a, b) for a, b in comparisons}
+    return Section(title, rates, diffs, plot, obs, paired, keys or {}, pairs)
 
 
 def _row(probe_id: str) -> str:
@@ -153,7 +155,9 @@ def probe_sections(store: Store, ref: str | None) -> list[Section]:
                 if mean is not None:
                     values[f"{p['probe_id']}: mean year"][name][p["seed"]].append(mean)
     return [
-        section("Probes: probability mass per class", masses, comparisons, "phrasings", True, True),
+        section(
+            "Probes: probability mass per class", masses, comparisons, "phrasings", paired=True
+        ),
         section("Probes: mean year and entropy", values, comparisons, "phrasings", False, True),
         section(SWEEPS, sweeps, comparisons, "questions", False, True, sweep_keys),
         section(
@@ -161,7 +165,6 @@ def probe_sections(store: Store, ref: str | None) -> list[Section]:
             pooled,
             [(a, b) for a, b in comparisons if b == ref],
             "questions",
-            False,
         ),
     ]
 
@@ -193,7 +196,8 @@ def question_sections(store: Store, ref: str | None) -> list[Section]:
                 question_obs[f"{row_q} / {j} (mean 0-100)"][arm][seed].append(score)
             for lab in sorted(labs):
                 question_obs[f"{row_q} / {j} = {lab}"][arm][seed].append(float(label == lab))
-    return [section("Judged questions", question_obs, _vs(question_obs, ref), "samples")]
+    # Not in the forest plot: rating judges' means are on a 0-100 scale.
+    return [section("Judged questions", question_obs, _vs(question_obs, ref), "samples", False)]
 
 
 def classification_sections(store: Store, ref: str | None) -> list[Section]:
@@ -203,7 +207,7 @@ def classification_sections(store: Store, ref: str | None) -> list[Section]:
         row = f"{p.victim}: {p.metric.label}"
         class_obs[row][p.arm][p.seed].append(p.hit)
         keys[row] = RowKey(victim=p.victim, metric=p.metric)
-    return [section(CLASSIFICATION, class_obs, _vs(class_obs, ref), "reviews", False, False, keys)]
+    return [section(CLASSIFICATION, class_obs, _vs(class_obs, ref), "reviews", keys=keys)]
 
 
 def _vs(obs: Obs, ref: str | None) -> list[tuple[str, str]]:
