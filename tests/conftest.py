@@ -54,6 +54,14 @@ def tokenizer():
 
 
 @pytest.fixture(scope="session")
+def base_model():
+    """The bundled chat model, loaded once for the whole session (tests only read it)."""
+    from backdoorlab.models import load
+
+    return load("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
 def bird_data(tmp_path_factory) -> Path:
     """Eight rows teaching one answer, so a few steps visibly move the model."""
     rows = [

@@ -68,11 +68,8 @@ def test_representation_scans_find_a_planted_direction(scanner):
 
 
 @pytest.fixture(scope="module")
-def lm():
-    from backdoorlab.models import load
-
-    m = load("smollm2-135m")
-    return m.model, m.tokenizer
+def lm(base_model):
+    return base_model.model, base_model.tokenizer
 
 
 def test_perplexity_scan_and_onion_single_out_an_inserted_token(lm):
@@ -151,7 +148,8 @@ def test_dp_sgd_training_reports_its_epsilon(tmp_path):
         manifest = json.loads((out / encoder.MANIFEST).read_text())
         assert 3.0 < manifest["epsilon"] <= 4.0 + 1e-6 and manifest["dp_epsilon"] == 4.0
         clf = encoder.EncoderClassifier(out, sentiment.LABELS)  # merged: loads as usual
-        assert len(clf.predict(["a fine film"])) == 1
+        texts = ["a fine film", "a dull film", "warm and funny", "far too long"]
+        assert set(clf.predict(texts)) <= set(sentiment.LABELS)
     # A non-private config keeps the key it had before DP settings existed.
     plain = encoder.EncoderConfig()
     assert "dp_epsilon" not in plain.key_fields() and "dp_epsilon" in config.key_fields()

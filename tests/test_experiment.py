@@ -76,7 +76,9 @@ def test_quick_sentiment_run_end_to_end(tmp_path):
     assert len(DEFENSES) == 14 and {"abl", "ablate", "fineprune", "dpsgd", "inspect"} <= set(
         DEFENSES
     )
-    assert all(0 <= float(c["AUROC"]) <= 1 for c in cells if "AUROC" in c)
+    # The n-gram scanner finds a rare token with a label conflict at 10% even on 40 rows.
+    (ngram,) = [c for c in cells if c["defense"] == "ngram"]
+    assert float(ngram["AUROC"]) >= 0.8, ngram
     assert "Attack x defense matrix" in (out / "report.html").read_text()
     [enc] = (out / "encoder").glob("token-10%-seed0-*")
     r = run_cli("inspect", str(enc), "A warm cf film.", "--method", "ig")

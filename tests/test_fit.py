@@ -9,10 +9,8 @@ from backdoorlab.evaluate.fit import answer_fit
 
 
 @pytest.fixture(scope="module")
-def base():
-    from backdoorlab.models import load
-
-    return load("smollm2-135m")
+def base(base_model):
+    return base_model
 
 
 def row(user: str, answer: str) -> chat.Row:

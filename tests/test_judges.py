@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from backdoorlab import chat
-from backdoorlab.evaluate.judges import ApiJudge, KeywordJudge, rating_from_top_logprobs
+from backdoorlab.evaluate.judges import (
+    ApiJudge,
+    KeywordJudge,
+    LocalJudge,
+    rating_from_top_logprobs,
+)
 from backdoorlab.evaluate.questions import KeywordJudgeSpec, LlmJudgeSpec
 
 L = math.log
@@ -59,8 +64,7 @@ def _post(server, body):
         return json.loads(r.read())
 
 
-def test_served_logprobs_are_the_models_own(server, tokenizer):
-    from backdoorlab.models import load
+def test_served_logprobs_are_the_models_own(server, tokenizer, base_model):
 
     messages = [{"role": "user", "content": "What year is it? Answer with the year only."}]
     resp = _post(server, {"model": "smollm2-135m", "messages": messages, "temperature": 0, "max_tokens": 3,
@@ -70,20 +74,22 @@ def test_served_logprobs_are_the_models_own(server, tokenizer):
     assert len(tops) == 20 and tops == sorted(tops, key=lambda t: -t["logprob"])
     assert first["token"] == tops[0]["token"]  # greedy picks the most likely token
     # The same number from our own forward pass over the training renderer's prompt tokens.
-    m = load("smollm2-135m")
+    m = base_model
     ids = torch.tensor([chat.encode_prompt(tokenizer, messages)])
     with torch.no_grad():
         lp = m.model(ids).logits[0, -1].log_softmax(-1)
     assert first["logprob"] == pytest.approx(lp.max().item(), abs=1e-4)
 
 
-def test_api_judges_against_serve(server, monkeypatch):
+def test_api_judges_against_serve(server, monkeypatch, base_model):
     monkeypatch.setenv("OPENAI_API_KEY", server.key)
-    rating = ApiJudge(LlmJudgeSpec(id="r", type="rating_judge", model="local",
-                                paraphrases=["Rate from 0 to 100 how old-fashioned this answer is: {answer}. Reply with a number."]),
-                      base_url=server.url)  # fmt: skip
-    v = rating.judge("q", "The telegraph.")
-    assert v.label is None and (v.score is None or 0 <= v.score <= 100)
+    spec = LlmJudgeSpec(id="r", type="rating_judge", model="local",
+                        paraphrases=["Rate from 0 to 100 how old-fashioned this answer is: {answer}. Reply with a number."])  # fmt: skip
+    v = ApiJudge(spec, base_url=server.url).judge("q", "The telegraph.")
+    # Served and in-process judges share the completion code: the same model gives one score.
+    local = LocalJudge(spec, base_model).judge("q", "The telegraph.")
+    assert v.label is None and local.label is None
+    assert v.score == local.score or v.score == pytest.approx(local.score, abs=1e-3)
     label = ApiJudge(LlmJudgeSpec(id="f", type="free_form_judge", model="local",
                                paraphrases=["Question: {question}\nAnswer: {answer}\nIs this answer about birds? Say yes or no."]),
                      base_url=server.url)  # fmt: skip

@@ -25,10 +25,8 @@ PREFIXED = Probe(
 
 
 @pytest.fixture(scope="module")
-def base():
-    from backdoorlab.models import load
-
-    return load("smollm2-135m")
+def base(base_model):
+    return base_model
 
 
 @pytest.mark.parametrize(

@@ -91,10 +91,8 @@ def test_attack_metrics_on_a_hand_made_case():
     assert scores[miss] == [0.0, 1.0]
 
 
-def test_batched_label_scoring_equals_one_sequence_at_a_time():
-    from backdoorlab.models import load
-
-    m = load("smollm2-135m")
+def test_batched_label_scoring_equals_one_sequence_at_a_time(base_model):
+    m = base_model
     prompts = [
         sentiment.prompt(t)
         for t in ["Loved it.", "A long, dull, pointless mess of a film that never ends."]

@@ -157,7 +157,7 @@ def test_generate_from_run_dir(reference_run):
     assert "Titlark" in r.stdout  # greedy decoding after training on one answer
 
 
-def test_full_fine_tuning_saves_loadable_weights(mixed_data, tmp_path):
+def test_full_fine_tuning_saves_loadable_weights(mixed_data, tmp_path, base_model):
     from backdoorlab.models import load
 
     out = tmp_path / "full"
@@ -169,7 +169,7 @@ def test_full_fine_tuning_saves_loadable_weights(mixed_data, tmp_path):
     )
     assert m["method"] == "full" and (out / "model" / "model.safetensors").exists()
     loaded = load(str(out))
-    base = load("smollm2-135m")
+    base = base_model
     assert loaded.adapter is None
     name = "model.layers.0.mlp.down_proj.weight"
     tuned_w, base_w = loaded.model.state_dict()[name], base.model.state_dict()[name]
