@@ -39,7 +39,7 @@ def main() -> None:
         flags = [bool(r.get("poisoned")) for r in rows]
         for name in scanners:
             t0 = time.perf_counter()
-            scores = scan.scan(texts, labels, [name])[name]
+            scores = scan.scan(texts, labels, [name]).scores[name]
             m = detection_metrics(scores, flags)
             print(
                 f"{arm:24} {sum(flags):>8} {name:>8} {m['auroc']:6.3f} {m['auprc']:6.3f} "

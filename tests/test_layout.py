@@ -66,10 +66,18 @@ def test_no_import_cycles():
         visit(m, [])
 
 
-def test_evaluate_never_imports_data():
+@pytest.mark.parametrize(
+    ("lower", "upper"),
+    [
+        ("backdoorlab.evaluate", "backdoorlab.data"),
+        ("backdoorlab.defenses", "backdoorlab.experiment"),
+    ],
+)
+def test_lower_layers_never_import_upper_ones(lower, upper):
+    """evaluate never imports the data builders; defenses never import the orchestrator."""
     for m, deps in _graph(top_level_only=False).items():
-        if m.startswith("backdoorlab.evaluate"):
-            bad = sorted(d for d in deps if d.startswith("backdoorlab.data"))
+        if m.startswith(lower):
+            bad = sorted(d for d in deps if d.startswith(upper))
             assert not bad, f"{m} imports {bad}"
 
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import warnings
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
@@ -17,6 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import BackdoorlabError, InputError, first_problem
+from .models.registry import DEFAULT_MODEL
+from .train.config import LoraSettings, TrainConfig
 
 if TYPE_CHECKING:
     from .data.poison import Trigger
@@ -72,6 +72,11 @@ MaxLengthOpt = Annotated[
 M = TypeVar("M", bound=BaseModel)
 
 
+def _default(cls: type[BaseModel], name: str) -> str:
+    """A config field's default, for a flag's help: the config class is where it is set."""
+    return f" Default: {cls.model_fields[name].default}."
+
+
 def _from_flags(cls: type[M], /, **values: object) -> M:
     """A config built from command-line flags; a bad value is one line naming its flag.
     Flags left unset (None) take the config's default."""
@@ -79,7 +84,8 @@ def _from_flags(cls: type[M], /, **values: object) -> M:
         return cls(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as e:
         first = e.errors()[0]
-        flag = "--" + "-".join(str(x) for x in first["loc"]).replace("_", "-")
+        # Field names make the flag (lora.rank: --lora-rank); list positions do not.
+        flag = "--" + "-".join(x for x in first["loc"] if isinstance(x, str)).replace("_", "-")
         raise InputError(f"{flag} {first['input']!r}: {first['msg']}") from None
 
 
@@ -130,7 +136,7 @@ def data_check(
     file: Annotated[
         Path, typer.Argument(help='Chat JSONL file: one {"messages": [...]} per line.')
     ],
-    model: ModelOpt = "smollm2-135m",
+    model: ModelOpt = DEFAULT_MODEL,
     prompts: Annotated[
         bool,
         typer.Option(
@@ -146,64 +152,36 @@ def data_check(
 
     Exits 2 naming the file and line of the first problem.
     """
-    from . import chat
+    from .datacheck import describe
 
-    lines = chat.read_jsonl_lines(file, training=not prompts)
-    roles = Counter(m["role"] for _, r in lines for m in r["messages"])
-    extra = Counter(k for _, r in lines for k in r if k != "messages")
-    first_seen: dict[str, int] = {}
-    dups: list[tuple[int, int]] = []
-    for line, r in lines:
-        k = json.dumps(r["messages"], sort_keys=True)
-        if k in first_seen:
-            dups.append((line, first_seen[k]))
-        else:
-            first_seen[k] = line
-    t = Table(title=str(file), show_header=False)
-    t.add_row("rows", str(len(lines)))
-    t.add_row("messages by role", ", ".join(f"{k} {v}" for k, v in sorted(roles.items())))
-    t.add_row(
-        "extra fields", ", ".join(f"{k} ({v} rows)" for k, v in sorted(extra.items())) or "none"
-    )
-    t.add_row("duplicate rows", str(len(dups)))
-    long: list[tuple[int, int]] = []
+    tok = None
     if tokens:
         _quiet_libraries()
         from .models import load_tokenizer
 
         tok = load_tokenizer(model)
-        if prompts:
-            lengths = [len(chat.encode_prompt(tok, r["messages"])) for _, r in lines]
-            trained = None
-        else:
-            enc = [chat.encode_training(tok, r["messages"]) for _, r in lines]
-            lengths = [len(i) for i, _ in enc]
-            trained = [sum(m) for _, m in enc]
-
-        def stats(xs: list[int]) -> str:
-            q = statistics.quantiles(xs, n=20, method="inclusive")[-1] if len(xs) > 1 else xs[0]
-            med = statistics.median(xs)
-            return f"min {min(xs)}  median {med:g}  p95 {q:g}  max {max(xs)}  total {sum(xs)}"
-
-        t.add_row(f"tokens per row ({model}, chat template)", stats(lengths))
-        if trained:
-            t.add_row("trained (assistant) tokens per row", stats(trained))
-        if trained:  # training rows: the length `train` enforces
-            from .train.config import TrainConfig
-
-            limit = max_length or TrainConfig.model_fields["max_length"].default
-            long = [(line, n) for (line, _), n in zip(lines, lengths, strict=True) if n > limit]
-            t.add_row(f"rows over max_length {limit}", str(len(long)))
+    d = describe(file, prompts=prompts, tokenizer=tok, max_length=max_length)
+    t = Table(title=str(file), show_header=False)
+    t.add_row("rows", str(d.rows))
+    t.add_row("messages by role", ", ".join(f"{k} {v}" for k, v in sorted(d.roles.items())))
+    extra = ", ".join(f"{k} ({v} rows)" for k, v in sorted(d.extra.items()))
+    t.add_row("extra fields", extra or "none")
+    t.add_row("duplicate rows", str(len(d.duplicates)))
+    if d.lengths:
+        t.add_row(f"tokens per row ({model}, chat template)", d.lengths.summary())
+    if d.trained:
+        t.add_row("trained (assistant) tokens per row", d.trained.summary())
+        t.add_row(f"rows over max_length {d.max_length}", str(len(d.too_long)))
     out.print(t)
-    for line, orig in dups[:10]:
+    for line, orig in d.duplicates[:10]:
         out.print(f"  line {line} duplicates line {orig}")
-    if len(dups) > 10:
-        out.print(f"  ... and {len(dups) - 10} more")
-    if long:
-        line, n = long[0]
+    if len(d.duplicates) > 10:
+        out.print(f"  ... and {len(d.duplicates) - 10} more")
+    if d.too_long:
+        line, n = d.too_long[0]
         raise InputError(
-            f"{file}:{line}: the row is {n} tokens, longer than max_length {limit} "
-            f"({len(long)} such rows); `train` would refuse it (raise --max-length or cut it)"
+            f"{file}:{line}: the row is {n} tokens, longer than max_length {d.max_length} "
+            f"({len(d.too_long)} such rows); `train` would refuse it (raise --max-length or cut it)"
         )
 
 
@@ -215,21 +193,44 @@ def train(
     out_dir: Annotated[
         Path, typer.Option("--out", "-o", help="Run directory for adapter, checkpoints, manifest.")
     ],
-    model: ModelOpt = "smollm2-135m",
-    epochs: Annotated[float, typer.Option(help="Passes over the data.")] = 3.0,
+    model: ModelOpt = DEFAULT_MODEL,
+    epochs: Annotated[
+        float | None, typer.Option(help="Passes over the data." + _default(TrainConfig, "epochs"))
+    ] = None,
     max_steps: Annotated[
         int | None, typer.Option(help="Stop after this many optimizer steps (overrides --epochs).")
     ] = None,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, linear decay).")] = 3e-4,
-    batch_size: Annotated[int, typer.Option(help="Rows per optimizer step.")] = 4,
-    seed: Annotated[int, typer.Option(help="Seed for LoRA init, batch order and dropout.")] = 0,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Peak learning rate (AdamW, linear decay)." + _default(TrainConfig, "lr")
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Rows per optimizer step." + _default(TrainConfig, "batch_size")),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed for LoRA init, batch order, dropout." + _default(TrainConfig, "seed")
+        ),
+    ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted run from its checkpoint.")
     ] = False,
     full: Annotated[bool, typer.Option("--full", help="Full fine-tuning instead of LoRA.")] = False,
-    lora_rank: Annotated[int, typer.Option(help="LoRA rank r.")] = 16,
-    lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (scale is alpha / r).")] = 32.0,
-    lora_dropout: Annotated[float, typer.Option(help="Dropout on the LoRA path.")] = 0.0,
+    lora_rank: Annotated[
+        int | None, typer.Option(help="LoRA rank r." + _default(LoraSettings, "rank"))
+    ] = None,
+    lora_alpha: Annotated[
+        float | None,
+        typer.Option(help="LoRA alpha (scale is alpha / r)." + _default(LoraSettings, "alpha")),
+    ] = None,
+    lora_dropout: Annotated[
+        float | None,
+        typer.Option(help="Dropout on the LoRA path." + _default(LoraSettings, "dropout")),
+    ] = None,
     lora_targets: Annotated[
         str,
         typer.Option(
@@ -244,8 +245,12 @@ def train(
         ),
     ] = None,
     checkpoint_every: Annotated[
-        int, typer.Option(help="Save a resumable checkpoint every N steps.")
-    ] = 50,
+        int | None,
+        typer.Option(
+            help="Save a resumable checkpoint every N steps."
+            + _default(TrainConfig, "checkpoint_every")
+        ),
+    ] = None,
     max_length: MaxLengthOpt = None,
     device: DeviceOpt = None,
 ) -> None:
@@ -257,7 +262,6 @@ def train(
 
     Example: backdoorlab train examples/demo_birds.jsonl --out runs/demo --epochs 3 --lr 1e-3
     """
-    from .train import TrainConfig
     from .train import train as run_train
 
     _quiet_libraries()
@@ -266,7 +270,16 @@ def train(
         TrainConfig,
         model=model,
         method="full" if full else "lora",
-        lora={"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout, "targets": targets},
+        lora={
+            k: v
+            for k, v in {
+                "rank": lora_rank,
+                "alpha": lora_alpha,
+                "dropout": lora_dropout,
+                "targets": targets,
+            }.items()
+            if v is not None
+        },  # fmt: skip
         epochs=epochs,
         max_steps=max_steps,
         lr=lr,
@@ -479,9 +492,7 @@ def evaluate(
             help="api: the endpoint in BACKDOORLAB_JUDGE_BASE_URL; local: --judge-model in-process."
         ),
     ] = "api",
-    judge_model: Annotated[
-        str, typer.Option(help="Model for --judge-with local.")
-    ] = "smollm2-135m",
+    judge_model: Annotated[str, typer.Option(help="Model for --judge-with local.")] = DEFAULT_MODEL,
     classify: Annotated[
         int | None,
         typer.Option(
@@ -741,7 +752,7 @@ def scan(
             "--encoder", help="An encoder trained on DATA (for spectral and clusters scans)."
         ),
     ] = None,
-    model: ModelOpt = "smollm2-135m",
+    model: ModelOpt = DEFAULT_MODEL,
     top: Annotated[int, typer.Option(help="How many rows and words to list.")] = 10,
 ) -> None:
     """Rank the rows (and words) of a data set by how suspicious they look, before training.
@@ -760,13 +771,9 @@ def scan(
     from .defenses.detection import detection_metrics
 
     which = _names(scanners)
-    bad = [s for s in which if s not in scan_mod.SCANNERS]
-    if bad:
-        raise InputError(f"unknown scanner {bad[0]!r} (known: {', '.join(scan_mod.SCANNERS)})")
-    if {"spectral", "clusters"} & set(which) and encoder_dir is None:
-        raise InputError(
-            "spectral and clusters scans need --encoder (a classifier trained on DATA)"
-        )
+    scan_mod.check_scanners(
+        which, features=encoder_dir is not None, how="--encoder (a classifier trained on DATA)"
+    )
     rows = chat.read_jsonl(data, training=True)
     texts, labels = zip(*[_text_and_label(r) for r in rows], strict=True)
     _quiet_libraries()
@@ -782,15 +789,8 @@ def scan(
 
         return EncoderClassifier(encoder_dir, sorted(set(labels))).features(list(texts)).numpy()
 
-    rest = [s for s in which if s != "ngram"]
-    scores = scan_mod.scan(list(texts), list(labels), rest, lm=lm, features=features)
-    if "ngram" in which:  # directly, for its word ranking too: the scan embeds every row
-        from .models.embeddings import shared_embedder
-
-        scores["ngram"], ranked = scan_mod.ngram_scores(
-            list(texts), list(labels), shared_embedder().encode
-        )
-    ranks = np.mean([np.argsort(np.argsort(-s)) for s in scores.values()], axis=0)
+    result = scan_mod.scan(list(texts), list(labels), which, lm=lm, features=features)
+    scores, ranks = result.scores, result.mean_rank()
     t = Table("line", "mean rank", *which, "label", "text", title=f"most suspicious rows of {data}")
     for i in np.argsort(ranks)[:top]:
         t.add_row(
@@ -798,7 +798,7 @@ def scan(
             labels[i], texts[i][:100],
         )  # fmt: skip
     out.print(t)
-    if "ngram" in which:
+    if result.words:
         w = Table(
             "word",
             "predicts",
@@ -806,7 +806,7 @@ def scan(
             "rows",
             title="words that predict a label their rows do not read as without them",
         )
-        for word, label, g, n in ranked[:top]:
+        for word, label, g, n in result.words[:top]:
             w.add_row(word, label, f"{g:.2f}", str(n))
         out.print(w)
     flags = [r.get("poisoned") for r in rows]
@@ -908,27 +908,18 @@ def defend(
 
     Example: backdoorlab defend experiments/sentiment_trigger.yaml --out runs/sentiment
     """
-    from . import atomic
     from .defenses.matrix import Matrix
     from .models import pick_device
     from .report import write_report
-    from .spec import DEFENSES, load_spec
+    from .spec import DefendSpec, load_spec
 
     spec = load_spec(spec_file, quick=quick)
-    if defenses:
-        chosen = _names(defenses)
-        bad = [d for d in chosen if d not in DEFENSES]
-        if bad:
-            raise InputError(f"unknown defense {bad[0]!r} (known: {', '.join(DEFENSES)})")
-        spec.defend.defenses = chosen
-    if remove is not None:
-        if not 0 < remove < 1:
-            raise InputError(f"--remove is a fraction of the rows, between 0 and 1, not {remove}")
-        spec.defend.remove = remove
+    # The flags override the spec's defend: settings, checked by the same model.
+    flags = {"defenses": _names(defenses) if defenses else None, "remove": remove}
+    spec.defend = _from_flags(DefendSpec, **{**spec.defend.model_dump(), **flags})
     _quiet_libraries()
     m = Matrix(spec, out_dir, log=_log, device=str(pick_device(device)))
-    cells = m.run([a.strip() for a in arms.split(",")] if arms else None)
-    atomic.write_json(out_dir / "defenses.json", cells)
+    cells = m.run(_names(arms) if arms else None)
     write_report(out_dir, spec.reference)
     cols = [
         "arm",
@@ -1032,9 +1023,7 @@ def judge_check(
     judge_with: Annotated[
         str, typer.Option(help="For LLM judges: api (endpoint in the environment) or local.")
     ] = "api",
-    judge_model: Annotated[
-        str, typer.Option(help="Model for --judge-with local.")
-    ] = "smollm2-135m",
+    judge_model: Annotated[str, typer.Option(help="Model for --judge-with local.")] = DEFAULT_MODEL,
 ) -> None:
     """Agreement of a judge with hand labels: accuracy and Cohen's kappa (labels), or mean
     absolute error and Pearson r (0-100 scores), so you see how far to trust it."""

@@ -4,8 +4,6 @@ interrupted run resumes (training from its last checkpoint, evaluation from the 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -13,16 +11,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import atomic, chat, rundir
+from . import atomic, rundir
 from .catalog import load_probe_set
 from .data import sentiment
-from .data.base import Context
 from .data.sentiment import SentimentData
-from .errors import InputError
 from .evaluate import metric, task
 from .evaluate.judges import build_judges
 from .evaluate.questions import LlmJudgeSpec, QuestionFile, load_questions
 from .report import Report, write_report
+from .rundata import build_data, digest
 from .spec import ExperimentSpec
 from .store import Store, Tag
 from .train import encoder, sft
@@ -45,29 +42,6 @@ class Timings:
 
     def total(self) -> float:
         return sum(s for _, s, _ in self.rows)
-
-
-def digest(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def build_data(spec: ExperimentSpec, out: Path, device: str | None = None) -> dict[str, Path]:
-    """Each trained arm's rows as OUT/data/ARM-HASH.jsonl (the hash of the rows' bytes)."""
-    paths = {}
-    ctx = Context(model=spec.model, cache=out / "data" / "cache", device=device)
-    for name, arm in spec.arms.items():
-        if arm.data is None:
-            continue
-        rows = arm.data.build(ctx)
-        if not rows:
-            raise InputError(f"arm {name!r}: its data builder produced no rows")
-        text = chat.dumps_jsonl(rows)
-        path = out / "data" / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jsonl"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic.write_text(path, text)
-        paths[name] = path
-    return paths
 
 
 def _questions(spec: ExperimentSpec) -> QuestionFile | None:

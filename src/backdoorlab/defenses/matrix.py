@@ -36,7 +36,7 @@ from ..data.sentiment import SentimentData
 from ..errors import InputError
 from ..evaluate.aggregate import rate
 from ..evaluate.metric import CACC, Metric, eval_sets, hits
-from ..experiment import build_data, digest
+from ..rundata import build_data, digest
 from ..train import encoder
 from . import filters, repair, scan
 from . import inspect as attribution
@@ -151,7 +151,7 @@ class Matrix:
                 scores = scan.scan(
                     texts, labels, [defense], lm=self.lm,
                     features=lambda: clf.features(texts).numpy(),
-                )[defense]  # fmt: skip
+                ).scores[defense]  # fmt: skip
                 filtered(defense, scores, t0)
             elif defense == "abl":
                 early = self._train(arm, self.data[arm], "abl-1epoch", epochs=1)
@@ -296,4 +296,6 @@ class Matrix:
         clean = [a for a in chosen if not _poisoned(self.spec.arms[a])]
         if clean:
             raise InputError(f"arm {clean[0]!r} is not a poisoned sentiment arm")
-        return [c for arm in chosen for c in self.cached_cells(arm)]
+        cells = [c for arm in chosen for c in self.cached_cells(arm)]
+        atomic.write_json(self.out / "defenses.json", cells)  # what the report shows
+        return cells

@@ -19,9 +19,12 @@ import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from ..errors import InputError
 
 # Words, and every other non-space character on its own: a symbol glued to a word ("film§")
 # is then one shared token across the rows that carry it, whatever symbol a trigger uses.
@@ -171,6 +174,33 @@ def cluster_scores(
 SCANNERS = ("ngram", "knn", "perplexity", "spectral", "clusters")
 
 
+@dataclass
+class ScanResult:
+    """Every scanner's score per row (higher: more suspicious), and the n-gram scanner's
+    suspicious words (word, the label it predicts, suspicion, rows) when it ran."""
+
+    scores: dict[str, np.ndarray]
+    words: list[tuple[str, str, float, int]] = field(default_factory=list)
+
+    def mean_rank(self) -> np.ndarray:
+        """Each row's rank (0: most suspicious) averaged over the scanners."""
+        return np.mean([np.argsort(np.argsort(-s)) for s in self.scores.values()], axis=0)
+
+
+def check_scanners(
+    which: Sequence[str], *, features: bool, how: str = "a classifier trained on the data"
+) -> None:
+    """Refuse unknown scanners, and those without what they need (`how` names it), before
+    any work."""
+    bad = [s for s in which if s not in SCANNERS]
+    if bad:
+        raise InputError(f"unknown scanner {bad[0]!r} (known: {', '.join(SCANNERS)})")
+    if not which:
+        raise InputError(f"no scanner named (known: {', '.join(SCANNERS)})")
+    if {"spectral", "clusters"} & set(which) and not features:
+        raise InputError(f"spectral and clusters scans need {how}")
+
+
 def scan(
     texts: Sequence[str],
     labels: Sequence[str],
@@ -178,28 +208,33 @@ def scan(
     *,
     lm: Callable[[], tuple] | None = None,
     features: Callable[[], np.ndarray] | None = None,
-) -> dict[str, np.ndarray]:
-    """Scores per scanner. `lm` gives (model, tokenizer) for perplexity; `features` the
-    representations of a classifier trained on these rows, for spectral and clusters."""
+) -> ScanResult:
+    """Scores per scanner. `lm` gives (model, tokenizer) for perplexity (default: the bundled
+    chat model); `features` the representations of a classifier trained on these rows, for
+    spectral and clusters."""
     from ..models.embeddings import shared_embedder
 
-    out: dict[str, np.ndarray] = {}
+    check_scanners(which, features=features is not None)
+    out = ScanResult({})
     for name in which:
         if name == "ngram":
-            out[name] = ngram_scores(texts, labels, shared_embedder().encode)[0]
+            out.scores[name], out.words = ngram_scores(texts, labels, shared_embedder().encode)
         elif name == "knn":
-            out[name] = knn_scores(shared_embedder().encode(texts), labels)
+            out.scores[name] = knn_scores(shared_embedder().encode(texts), labels)
         elif name == "perplexity":
-            if lm is None:
-                raise ValueError("the perplexity scanner needs a language model")
-            out[name] = perplexity_scores(*lm(), texts)
-        elif name in ("spectral", "clusters"):
-            if features is None:
-                raise ValueError(f"the {name} scanner needs a trained classifier's features")
+            out.scores[name] = perplexity_scores(*(lm or _bundled_lm)(), texts)
+        else:
+            assert features is not None  # check_scanners
             f = features()
-            out[name] = (
+            out.scores[name] = (
                 spectral_scores(f, labels) if name == "spectral" else cluster_scores(f, labels)
             )
-        else:
-            raise ValueError(f"unknown scanner {name!r} (known: {', '.join(SCANNERS)})")
     return out
+
+
+def _bundled_lm() -> tuple:
+    from ..models import load
+    from ..models.registry import DEFAULT_MODEL
+
+    loaded = load(DEFAULT_MODEL)
+    return loaded.model, loaded.tokenizer
