@@ -92,17 +92,22 @@ def test_attack_metrics_on_a_hand_made_case():
 
 
 def test_batched_label_scoring_equals_one_sequence_at_a_time(base_model):
+    """Both scorers against one full forward pass per review and label: the packed one runs
+    the shared prefix once, packs the labels as a trie and sorts reviews by length; labels
+    that share their first tokens ("Very good"/"Very bad") exercise the trie."""
     m = base_model
     prompts = [
         sentiment.prompt(t)
-        for t in ["Loved it.", "A long, dull, pointless mess of a film that never ends."]
+        for t in ["A long, dull, pointless mess of a film that never ends.", "Loved it.", "Meh."]
     ]
-    labels = ["Positive", "Negative"]
-    batched = classify.label_logprobs(m.model, m.tokenizer, prompts, labels, batch_size=4)
-    for i, p in enumerate(prompts):
-        for j, label in enumerate(labels):
-            ids, start = chat.encode_answer(m.tokenizer, p, label)
-            with torch.inference_mode():
-                lp = m.model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
-            ref = sum(lp[k - 1, ids[k]].item() for k in range(start, len(ids)))
-            assert abs(batched[i, j].item() - ref) < 1e-3
+    for labels in (["Positive", "Negative"], ["Very good", "Very bad", "Fine"]):
+        ref = torch.empty(len(prompts), len(labels))
+        for i, p in enumerate(prompts):
+            for j, label in enumerate(labels):
+                ids, start = chat.encode_answer(m.tokenizer, p, label)
+                with torch.inference_mode():
+                    lp = m.model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
+                ref[i, j] = sum(lp[k - 1, ids[k]].item() for k in range(start, len(ids)))
+        for scorer in (classify.label_logprobs, classify.label_logprobs_unpacked):
+            got = scorer(m.model, m.tokenizer, prompts, labels, batch_size=2)
+            assert torch.allclose(got, ref, atol=1e-3), (scorer.__name__, got, ref)
