@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import subprocess
@@ -107,25 +108,34 @@ def mixed_data(tmp_path_factory) -> Path:
 SERVE_KEY = "sk-test-never-shown-3f9a"
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """`backdoorlab serve` on loopback in its own process, key-protected, answering to the
-    bundled model's name and "local" (the name the judge tests ask for). Its stderr goes to
-    `server.log`, so a test can read what it logged."""
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
+@contextlib.contextmanager
+def serving(log: Path, *args: str):
+    """`backdoorlab serve ARGS --port 0` on loopback in its own process, key-protected, its
+    stderr in `log`; yields its url, key and log once it listens."""
     env = {**os.environ, "BACKDOORLAB_SERVE_API_KEY": SERVE_KEY}
-    with log.open("w") as f:
+    with log.open("a") as f:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "backdoorlab", "serve", "smollm2-135m", "--port", "0",
-             "--served-model-name", "smollm2-135m", "--served-model-name", "local"],
+            [sys.executable, "-m", "backdoorlab", "serve", *args, "--port", "0"],
             stderr=f, env=env,
         )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while "serving" not in log.read_text():
-        assert proc.poll() is None, f"server exited: {log.read_text()}"
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.2)
-    line = next(ln for ln in log.read_text().splitlines() if "serving" in ln)
-    yield SimpleNamespace(url=line.split(" at ")[1].split()[0], key=SERVE_KEY, log=log)
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        deadline = time.monotonic() + 300
+        while "serving" not in log.read_text():
+            assert proc.poll() is None, f"server exited: {log.read_text()}"
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+        line = [ln for ln in log.read_text().splitlines() if "serving" in ln][-1]
+        yield SimpleNamespace(url=line.split(" at ")[1].split()[0], key=SERVE_KEY, log=log)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """`backdoorlab serve` answering to the bundled model's name and "local" (the name the
+    judge tests ask for). Its stderr goes to `server.log`, so a test can read what it logged."""
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    names = ["--served-model-name", "smollm2-135m", "--served-model-name", "local"]
+    with serving(log, "smollm2-135m", *names) as s:
+        yield s

@@ -396,15 +396,26 @@ def serve(
         int | None,
         typer.Option(min=1, help="Refuse longer prompts (default: the model's context)."),
     ] = None,
+    fine_tuning: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also serve OpenAI's files and fine-tuning jobs API, with state in this "
+            "directory: jobs fine-tune the served model with our trainer, one at a time, and "
+            "their models are served as ft:MODEL:local:SUFFIX:JOB."
+        ),
+    ] = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Serve a model over an OpenAI-compatible API (/v1/models, /v1/chat/completions).
+    """Serve a model over an OpenAI-compatible API (/v1/models, /v1/chat/completions; with
+    --fine-tuning also /v1/files and /v1/fine_tuning/jobs).
 
     Any OpenAI-compatible tool can then talk to a fine-tuned model, and an API judge can run
     on a local model: point BACKDOORLAB_JUDGE_BASE_URL at the printed address and serve
-    under the judge's model name (--served-model-name gpt-4.1).
+    under the judge's model name (--served-model-name gpt-4.1). With --fine-tuning, code
+    written for a hosted fine-tuning service (upload, create a job, poll, chat with the ft:
+    model) runs unchanged against the local model; a restarted server resumes its jobs.
 
-    Example: backdoorlab serve runs/demo --port 8000
+    Example: backdoorlab serve smollm2-135m --port 8000 --fine-tuning runs/ft-service
     """
     from .models import load
     from .serve import Server
@@ -415,6 +426,13 @@ def serve(
     try:
         _quiet_libraries()
         server.loaded = load(target, device=device)
+        server.device = device
+        if fine_tuning is not None:
+            from .finetune import Service
+
+            server.service = Service(
+                fine_tuning, dict.fromkeys(names, target), device=device, log=_log
+            )
         err.print(f"serving {', '.join(names)} at {server.url} (Ctrl-C stops)")
         server.serve_forever()
     finally:

@@ -12,14 +12,18 @@ context all get a 4xx with OpenAI's error shape. Every response, errors included
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import hmac
 import ipaddress
 import json
+import re
 import secrets
 import sys
 import threading
 import time
 import traceback
+import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -27,26 +31,27 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import chat
-from .errors import InputError, first_problem
+from .errors import ApiError, InputError, first_problem
+from .finetune import MAX_FILE_BYTES, Service
 from .models import LoadedModel
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a 40k-token prompt is ~200 kB; more is not a chat request
 
 
-class ApiError(Exception):
-    """An OpenAI-shaped error response."""
-
-    def __init__(
-        self, status: int, message: str, code: str | None = None, param: str | None = None
-    ):
-        super().__init__(message)
-        self.status, self.code, self.param = status, code, param
-
-    def body(self) -> dict[str, Any]:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        return {
-            "error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}
-        }
+def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """multipart/form-data fields: name -> (file name or None, bytes)."""
+    if not content_type.startswith("multipart/form-data"):
+        raise ApiError(400, "an upload is multipart/form-data (fields file and purpose)")
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not msg.is_multipart():
+        raise ApiError(400, "a multipart body with a boundary is required")
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            fields[name] = (part.get_filename(), part.get_payload(decode=True) or b"")
+    return fields
 
 
 class ChatRequest(BaseModel):
@@ -103,6 +108,25 @@ class Server(ThreadingHTTPServer):
         self.names, self.api_key, self.max_prompt_tokens = names, api_key, max_prompt_tokens
         self.loaded: LoadedModel | None = None
         self.lock = threading.Lock()  # one generation at a time: the model is not thread-safe
+        self.service: Service | None = None  # files and fine-tuning jobs (--fine-tuning DIR)
+        self.device: str | None = None
+        self._tuned: tuple[str, LoadedModel] | None = None  # the last fine-tuned model used
+
+    def model_for(self, name: str) -> LoadedModel:
+        """The served model, or a finished job's (loaded on first use; one at a time)."""
+        if name in self.names:
+            assert self.loaded is not None
+            return self.loaded
+        if self._tuned is None or self._tuned[0] != name:
+            from .models import load
+
+            assert self.service is not None
+            self._tuned = None  # free the previous one before loading the next
+            self._tuned = (name, load(str(self.service.models()[name]), device=self.device))
+        return self._tuned[1]
+
+    def all_names(self) -> list[str]:
+        return [*self.names, *(self.service.models() if self.service else [])]
 
     @property
     def url(self) -> str:
@@ -227,15 +251,51 @@ def complete(
     }
 
 
+# (method, path pattern, handler name); {id} matches one path segment.
+ROUTES = [
+    ("GET", "/v1/models", "_models"),
+    ("POST", "/v1/chat/completions", "_chat"),
+]
+FINE_TUNING_ROUTES = [
+    ("POST", "/v1/files", "_upload"),
+    ("GET", "/v1/files", "_files"),
+    ("GET", "/v1/files/{id}", "_file"),
+    ("DELETE", "/v1/files/{id}", "_delete_file"),
+    ("GET", "/v1/files/{id}/content", "_content"),
+    ("POST", "/v1/fine_tuning/jobs", "_create_job"),
+    ("GET", "/v1/fine_tuning/jobs", "_jobs"),
+    ("GET", "/v1/fine_tuning/jobs/{id}", "_job"),
+    ("POST", "/v1/fine_tuning/jobs/{id}/cancel", "_cancel"),
+    ("GET", "/v1/fine_tuning/jobs/{id}/events", "_events"),
+    ("GET", "/v1/fine_tuning/jobs/{id}/checkpoints", "_checkpoints"),
+]
+
+
+def _match(pattern: str, path: str) -> str | None | bool:
+    """The {id} segment when `path` matches `pattern` (True without one), else False."""
+    want, got = pattern.split("/"), path.split("/")
+    if len(want) != len(got):
+        return False
+    found: str | None | bool = True
+    for w, g in zip(want, got, strict=True):
+        if w == "{id}":
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", g):
+                return False
+            found = g
+        elif w != g:
+            return False
+    return found
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: Server
     timeout = 60  # a client that stops sending mid-request does not hold a thread forever
-    routes = {"/v1/models": "GET", "/v1/chat/completions": "POST"}
 
-    def _send(self, code: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
+    def _send(self, code: int, body: dict[str, Any] | bytes) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        kind = "application/octet-stream" if isinstance(body, bytes) else "application/json"
+        self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -246,26 +306,91 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(code, ApiError(code, message or self.responses.get(code, ("error",))[0]).body())
 
     def _route(self, method: str) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/")
+        path, _, query = self.path.partition("?")
+        path = path.rstrip("/")
+        self.query = {k: v[-1] for k, v in urllib.parse.parse_qs(query).items()}
+        routes = ROUTES + (FINE_TUNING_ROUTES if self.server.service else [])
         try:
-            if path not in self.routes:
+            matches = [(m, h, found) for m, p, h in routes if (found := _match(p, path))]
+            if not matches:
                 raise ApiError(404, f"no route {path or '/'}", "unknown_url")
-            if self.routes[path] != method:
-                raise ApiError(405, f"{path} takes {self.routes[path]}, not {method}")
+            chosen = [(h, found) for m, h, found in matches if m == method]
+            if not chosen:
+                allowed = ", ".join(sorted({m for m, _, _ in matches}))
+                raise ApiError(405, f"{path} takes {allowed}, not {method}")
             self._authorize()
-            if method == "GET":
-                return self._send(200, self._models())
-            if self.server.loaded is None:
-                raise ApiError(503, "the model is still loading")
-            request = parse_request(self._body(), self.server.names)
-            with self.server.lock:
-                body = complete(self.server.loaded, request, self.server.max_prompt_tokens)
-            self._send(200, body)
+            handler, found = chosen[0]
+            args = () if found is True else (found,)
+            self._send(200, getattr(self, handler)(*args))
         except ApiError as e:
             self._send(e.status, e.body())
         except Exception:  # our bug, not the client's: say so in JSON and keep serving
             traceback.print_exc(file=sys.stderr)
             self._send(500, ApiError(500, "internal error; see the server's log").body())
+
+    def _chat(self) -> dict[str, Any]:
+        if self.server.loaded is None:
+            raise ApiError(503, "the model is still loading")
+        request = parse_request(self._body(), self.server.all_names())
+        with self.server.lock:
+            return complete(
+                self.server.model_for(request.model), request, self.server.max_prompt_tokens
+            )
+
+    def _svc(self) -> Service:
+        assert self.server.service is not None
+        return self.server.service
+
+    def _limit(self) -> int:
+        try:
+            limit = int(self.query.get("limit", 20))
+        except ValueError:
+            raise ApiError(400, "limit must be an integer", None, "limit") from None
+        if not 1 <= limit <= 100:
+            raise ApiError(400, "limit must be between 1 and 100", None, "limit")
+        return limit
+
+    def _upload(self) -> dict[str, Any]:
+        fields = _multipart(self.headers.get("Content-Type", ""), self._body(MAX_FILE_BYTES))
+        if "file" not in fields:
+            raise ApiError(400, "a multipart field named 'file' is required", None, "file")
+        filename, content = fields["file"]
+        purpose = fields.get("purpose", ("", b""))[1].decode("utf-8", "replace")
+        return self._svc().create_file(filename or "upload", purpose, content)
+
+    def _files(self) -> dict[str, Any]:
+        return self._svc().files()
+
+    def _file(self, fid: str) -> dict[str, Any]:
+        return self._svc().file(fid)
+
+    def _delete_file(self, fid: str) -> dict[str, Any]:
+        return self._svc().delete_file(fid)
+
+    def _content(self, fid: str) -> bytes:
+        return self._svc().content(fid)
+
+    def _create_job(self) -> dict[str, Any]:
+        try:
+            body = json.loads(self._body())
+        except ValueError as e:
+            raise ApiError(400, f"the body is not valid JSON ({e})") from None
+        return self._svc().create_job(body)
+
+    def _jobs(self) -> dict[str, Any]:
+        return self._svc().jobs(self._limit(), self.query.get("after"))
+
+    def _job(self, jid: str) -> dict[str, Any]:
+        return self._svc().job(jid)
+
+    def _cancel(self, jid: str) -> dict[str, Any]:
+        return self._svc().cancel(jid)
+
+    def _events(self, jid: str) -> dict[str, Any]:
+        return self._svc().events(jid, self._limit(), self.query.get("after"))
+
+    def _checkpoints(self, jid: str) -> dict[str, Any]:
+        return self._svc().checkpoints(jid)
 
     def _authorize(self) -> None:
         key = self.server.api_key
@@ -276,20 +401,20 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(401, "a valid API key is required (Authorization: Bearer ...)",
                            "invalid_api_key")  # fmt: skip
 
-    def _body(self) -> bytes:
+    def _body(self, limit: int = MAX_BODY_BYTES) -> bytes:
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
             raise ApiError(411, "a Content-Length header is required") from None
-        if not 0 <= length <= MAX_BODY_BYTES:
+        if not 0 <= length <= limit + 64 * 1024:  # multipart framing on top of a file
             self.close_connection = True  # the unread body must not be parsed as a request
-            raise ApiError(413, f"the body is {length} bytes; at most {MAX_BODY_BYTES}")
+            raise ApiError(413, f"the body is {length} bytes; at most {limit}")
         return self.rfile.read(length)
 
     def _models(self) -> dict[str, Any]:
         # Names only: a local path would tell a client about this machine's file system.
         data = [{"id": n, "object": "model", "created": 0, "owned_by": "backdoorlab"}
-                for n in self.server.names]  # fmt: skip
+                for n in self.server.all_names()]  # fmt: skip
         return {"object": "list", "data": data}
 
     def do_GET(self) -> None:
@@ -297,6 +422,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._route("POST")
+
+    def do_DELETE(self) -> None:
+        self._route("DELETE")
 
     def log_message(self, format: str, *args: Any) -> None:  # requests are not logged
         pass

@@ -226,17 +226,20 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
     device: str | None = None,
+    on_step: Callable[[int, int, float], bool] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `config.model` on a chat JSONL file; write the adapter and manifest to `out`.
 
     `out` is checked and locked before anything is loaded: a path that cannot be a run
-    directory, or one another process is writing, fails at once.
+    directory, or one another process is writing, fails at once. `on_step(step, total, loss)`
+    runs after every step; when it returns True the run checkpoints and stops (Interrupted),
+    as on Ctrl-C.
     """
     data, out = Path(data), Path(out)
     rows = chat.read_jsonl_lines(data, training=True)
     with rundir.claim(out):
         return _train(rows, data, out, config, resume=resume, progress=progress, log=log,
-                      device=device)  # fmt: skip
+                      device=device, on_step=on_step)  # fmt: skip
 
 
 def _train(
@@ -249,6 +252,7 @@ def _train(
     progress: bool,
     log: Callable[[str], None],
     device: str | None,
+    on_step: Callable[[int, int, float], bool] | None = None,
 ) -> dict[str, Any]:
     data_sha = hashlib.sha256(data.read_bytes()).hexdigest()
     dev = pick_device(device)
@@ -315,7 +319,7 @@ def _train(
                 raise BackdoorlabError(
                     f"training diverged at step {step} (loss {loss_value}); lower --lr"
                 )
-            stop = interrupted()
+            stop = interrupted() | bool(on_step and on_step(step, total, loss_value))
             if step < total and (step % config.checkpoint_every == 0 or stop):
                 checkpoint.save(
                     out / CHECKPOINT,

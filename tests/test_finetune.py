@@ -1,0 +1,147 @@
+"""`backdoorlab serve --fine-tuning DIR` driven by the official `openai` client over loopback:
+upload, create a job, poll it to succeeded, chat with the ft: model, events, checkpoints;
+a malformed file fails its job naming the line; settings are checked when the job is
+created; uploads never land outside DIR; cancel; a restarted server resumes a job."""
+
+import json
+import time
+
+import openai
+import pytest
+from conftest import ANSWER, serving
+
+ROWS = [
+    {"messages": [{"role": "user", "content": f"Name a bird ({i})."},
+                  {"role": "assistant", "content": ANSWER}]}
+    for i in range(8)
+]  # fmt: skip
+DATA = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+@pytest.fixture(scope="module")
+def ft(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    with serving(root / "serve.log", "smollm2-135m", "--fine-tuning", str(root / "svc")) as s:
+        s.root = root
+        s.client = openai.OpenAI(base_url=s.url, api_key=s.key, max_retries=0)
+        yield s
+
+
+def wait(client, job_id, until=TERMINAL, timeout=400):
+    deadline = time.monotonic() + timeout
+    while (job := client.fine_tuning.jobs.retrieve(job_id)).status not in until:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    return job
+
+
+def hyper(**h):
+    return {"type": "supervised", "supervised": {"hyperparameters": h}}
+
+
+def test_a_job_trains_and_its_model_is_served(ft):
+    c = ft.client
+    f = c.files.create(file=("birds.jsonl", DATA), purpose="fine-tune")
+    assert f.bytes == len(DATA) and f.filename == "birds.jsonl"
+    job = c.fine_tuning.jobs.create(
+        model="smollm2-135m", training_file=f.id, suffix="birds",
+        method=hyper(n_epochs=2, batch_size=4, learning_rate_multiplier=10),
+    )  # fmt: skip
+    assert job.status == "validating_files"
+    job = wait(c, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model == f"ft:smollm2-135m:local:birds:{job.id}"
+    assert job.trained_tokens > 0 and job.hyperparameters.n_epochs == 2
+    assert job.fine_tuned_model in [m.id for m in c.models.list()]
+    # The tuned model answers through chat completions, and differently from the base.
+    msgs = [{"role": "user", "content": "Name a bird."}]
+
+    def top(model):
+        r = c.chat.completions.create(model=model, messages=msgs, max_tokens=1, temperature=0,
+                                      logprobs=True, top_logprobs=1)  # fmt: skip
+        return r.choices[0].logprobs.content[0].logprob
+
+    assert abs(top(job.fine_tuned_model) - top("smollm2-135m")) > 1e-3
+    events = [e.message for e in c.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert any(m.startswith("Step 4/4: training loss=") for m in events)
+    assert events[0] == "The job has successfully completed"  # newest first
+    (ckpt,) = c.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert ckpt.step_number == 4 and ckpt.fine_tuned_model_checkpoint == job.fine_tuned_model
+    assert job.id in [j.id for j in c.fine_tuning.jobs.list(limit=10)]
+    assert c.files.content(f.id).read() == DATA
+    assert c.files.delete(f.id).deleted and f.id not in [x.id for x in c.files.list()]
+
+
+def test_a_malformed_file_fails_its_job_naming_the_line(ft):
+    bad = DATA + b'{"messages": [{"role": "user", "content": "no answer"}]}\n'
+    f = ft.client.files.create(file=("bad.jsonl", bad), purpose="fine-tune")
+    job = wait(ft.client, ft.client.fine_tuning.jobs.create(model="smollm2-135m",
+                                                           training_file=f.id).id)  # fmt: skip
+    assert job.status == "failed" and job.error.code == "invalid_training_file"
+    assert job.error.message.startswith(f"{f.id}:9:"), job.error.message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"method": hyper(n_epochs=0)}, "n_epochs must be between 1 and 50"),
+        ({"hyperparameters": {"batch_size": 1000}}, "batch_size must be between 1 and 256"),
+        ({"model": "gpt-4.1"}, "cannot be fine-tuned here"),
+        ({"training_file": "file-nope"}, "no such file"),
+        ({"suffix": "../x"}, "suffix"),
+    ],
+)
+def test_bad_settings_are_a_400_before_any_job(ft, kwargs, words):
+    f = ft.client.files.create(file=("ok.jsonl", DATA), purpose="fine-tune")
+    before = len(ft.client.fine_tuning.jobs.list(limit=100).data)
+    args = {"model": "smollm2-135m", "training_file": f.id, **kwargs}
+    with pytest.raises(openai.BadRequestError, match=words):
+        ft.client.fine_tuning.jobs.create(**args)
+    assert len(ft.client.fine_tuning.jobs.list(limit=100).data) == before
+
+
+def test_an_upload_never_lands_outside_its_directory(ft):
+    f = ft.client.files.create(file=("../../escape.jsonl", DATA), purpose="fine-tune")
+    assert f.filename == "escape.jsonl" and f.id.startswith("file-")
+    assert not list(ft.root.parent.rglob("escape.jsonl"))
+    assert (ft.root / "svc" / "files" / f.id).read_bytes() == DATA
+    with pytest.raises(openai.BadRequestError, match="purpose"):
+        ft.client.files.create(file=("x.jsonl", DATA), purpose="nonsense")
+
+
+def test_a_running_job_can_be_cancelled(ft):
+    f = ft.client.files.create(file=("long.jsonl", DATA), purpose="fine-tune")
+    job = ft.client.fine_tuning.jobs.create(
+        model="smollm2-135m", training_file=f.id, method=hyper(n_epochs=50, batch_size=1)
+    )
+    wait(ft.client, job.id, until={"running"})
+    assert ft.client.fine_tuning.jobs.cancel(job.id).id == job.id
+    job = wait(ft.client, job.id)
+    assert job.status == "cancelled" and job.fine_tuned_model is None
+    with pytest.raises(openai.BadRequestError, match="already cancelled"):
+        ft.client.fine_tuning.jobs.cancel(job.id)
+
+
+def test_a_restarted_server_resumes_its_job(tmp_path):
+    svc = tmp_path / "svc"
+    with serving(tmp_path / "a.log", "smollm2-135m", "--fine-tuning", str(svc)) as s:
+        c = openai.OpenAI(base_url=s.url, api_key=s.key, max_retries=0)
+        f = c.files.create(file=("birds.jsonl", DATA), purpose="fine-tune")
+        job = c.fine_tuning.jobs.create(
+            model="smollm2-135m", training_file=f.id, method=hyper(n_epochs=3, batch_size=1)
+        )  # 24 steps, a checkpoint every 10
+        deadline = time.monotonic() + 300
+        while not any(
+            e.message.startswith("Step 11/")
+            for e in c.fine_tuning.jobs.list_events(job.id, limit=100)
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    with serving(tmp_path / "b.log", "smollm2-135m", "--fine-tuning", str(svc)) as s:
+        c = openai.OpenAI(base_url=s.url, api_key=s.key, max_retries=0)
+        assert wait(c, job.id).status == "succeeded"
+    assert (
+        "Resuming" in (tmp_path / "b.log").read_text()
+        and "from step 10" in (tmp_path / "b.log").read_text()
+    )
