@@ -3,12 +3,13 @@ upload, create a job, poll it to succeeded, chat with the ft: model, events, che
 a malformed file fails its job naming the line; settings are checked when the job is
 created; uploads never land outside DIR; cancel; a restarted server resumes a job."""
 
+import hashlib
 import json
 import time
 
 import openai
 import pytest
-from conftest import ANSWER, serving
+from conftest import ANSWER, cli_main, serving
 
 ROWS = [
     {"messages": [{"role": "user", "content": f"Name a bird ({i})."},
@@ -145,3 +146,45 @@ def test_a_restarted_server_resumes_its_job(tmp_path):
         "Resuming" in (tmp_path / "b.log").read_text()
         and "from step 10" in (tmp_path / "b.log").read_text()
     )
+
+
+def test_train_backend_openai_runs_a_job_on_the_service(ft, tmp_path, monkeypatch, capsys):
+    """Our client against our server: a real implementation of the API, not a mock."""
+    from backdoorlab.train import hosted
+
+    monkeypatch.setenv("OPENAI_BASE_URL", ft.url)
+    monkeypatch.setenv("OPENAI_API_KEY", ft.key)
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(DATA)
+    args = ["train", str(data), "--backend", "openai", "--model", "smollm2-135m",
+            "--epochs", "1", "--batch-size", "4", "--suffix", "cli"]  # fmt: skip
+    code, stdout, stderr = cli_main(capsys, *args, "--out", str(tmp_path / "a"))
+    assert code == 0, stderr
+    m = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert m["fine_tuned_model"] == f"ft:smollm2-135m:local:cli:{m['job_id']}"
+    assert m["checkpoints"] and m["trained_tokens"] > 0 and ft.key not in json.dumps(m)
+    jobs = len(ft.client.fine_tuning.jobs.list(limit=100).data)
+    code, _, stderr = cli_main(capsys, *args, "--out", str(tmp_path / "a"))
+    assert code == 0 and "nothing to do" in stderr  # a finished run is reused
+    # The same rows are uploaded once: a second upload finds the first.
+    sha = hashlib.sha256(DATA).hexdigest()
+    assert hosted._upload(ft.client, DATA, sha, lambda s: None) == m["file_id"]
+    # An interrupted run resumes waiting on the job it created instead of starting another.
+    config = hosted.HostedConfig(model="smollm2-135m", epochs=1, batch_size=4, suffix="cli")
+    job = ft.client.fine_tuning.jobs.create(
+        model="smollm2-135m", training_file=m["file_id"], suffix="cli",
+        method=hyper(n_epochs=1, batch_size=4),
+    )  # fmt: skip
+    (tmp_path / "c").mkdir()
+    state = {"key": hosted.key(config, sha, str(ft.client.base_url)), "job_id": job.id,
+             "file_id": m["file_id"]}  # fmt: skip
+    (tmp_path / "c" / "job.json").write_text(json.dumps(state))
+    code, _, stderr = cli_main(capsys, *args, "--out", str(tmp_path / "c"))
+    assert code == 0 and f"resuming: waiting on {job.id}" in stderr
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["job_id"] == job.id
+    assert len(ft.client.fine_tuning.jobs.list(limit=100).data) == jobs + 1
+    # The service's refusal is one line with its status and code.
+    bad = [a if a != "smollm2-135m" else "gpt-4.1" for a in args]
+    code, _, stderr = cli_main(capsys, *bad, "--out", str(tmp_path / "d"))
+    assert code != 0 and "answered 400 (model_not_available)" in stderr
+    assert "Traceback" not in stderr and not (tmp_path / "d").exists()

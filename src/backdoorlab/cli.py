@@ -252,16 +252,46 @@ def train(
         ),
     ] = None,
     max_length: MaxLengthOpt = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="local: our trainer on this machine; openai: a job on the fine-tuning API at "
+            "OPENAI_BASE_URL with OPENAI_API_KEY (OpenAI, or `backdoorlab serve "
+            "--fine-tuning`), where --model is the service's base model."
+        ),
+    ] = "local",
+    lr_multiplier: Annotated[
+        float | None, typer.Option(help="openai backend: learning_rate_multiplier (default auto).")
+    ] = None,
+    suffix: Annotated[
+        str | None, typer.Option(help="openai backend: a suffix for the fine-tuned model's name.")
+    ] = None,
     device: DeviceOpt = None,
 ) -> None:
     """Fine-tune a model on chat JSONL (loss on assistant tokens only).
 
     Writes OUT/adapter (a standard PEFT adapter; OUT/model with --full) and OUT/manifest.json.
     Rerunning with the same data and settings reuses the finished run; a killed run continues
-    with --resume and ends with the same weights as an uninterrupted one.
+    with --resume and ends with the same weights as an uninterrupted one. With --backend
+    openai the job runs on the service: OUT/job.json names it before any waiting (a rerun
+    waits on the same job), and the manifest records the fine-tuned model's name.
 
     Example: backdoorlab train examples/demo_birds.jsonl --out runs/demo --epochs 3 --lr 1e-3
     """
+    if backend not in ("local", "openai"):
+        raise InputError(f"--backend {backend!r}: local or openai")
+    if backend == "openai":
+        from .train import hosted
+
+        config = _from_flags(
+            hosted.HostedConfig, model=model, epochs=epochs, batch_size=batch_size,
+            lr_multiplier=lr_multiplier, suffix=suffix, seed=seed,
+        )  # fmt: skip
+        m = hosted.train(data, out_dir, config, log=_log)
+        out.print(Text.assemble(("done", "green")), f" {out_dir}: {m['fine_tuned_model']}")
+        return
+    if lr_multiplier is not None or suffix is not None:
+        raise InputError("--lr-multiplier and --suffix are for --backend openai")
     from .train import train as run_train
 
     _quiet_libraries()
