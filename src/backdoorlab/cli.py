@@ -602,18 +602,20 @@ def evaluate(
         reviews = sentiment.balanced(sentiment.split("test"), classify)
         sets = eval_sets(reviews, triggers, target_label)
         scorers.append(task.Classification(lambda a, v: sets, sentiment.LABELS, sentiment.prompt))
-    if labels:
-        from .train.encoder import EncoderClassifier
-
-        clf = EncoderClassifier(Path(target), labels, device)
-        subject = task.Subject("encoder", predict=clf.predict)
-    else:
-        from .models import load
-
-        subject = task.Subject("llm", loaded=load(target, device=device))
+    evaluation = task.Task(scorers)
     tag = Tag(arm=arm, seed=seed, model_hash=task.model_hash(target))
     with Store(out_dir) as store:
-        task.Task(scorers).run(subject, store, tag)
+        if evaluation.pending("encoder" if labels else "llm", store, tag):  # else: all stored
+            if labels:
+                from .train.encoder import EncoderClassifier
+
+                clf = EncoderClassifier(Path(target), labels, device)
+                subject = task.Subject("encoder", predict=clf.predict)
+            else:
+                from .models import load
+
+                subject = task.Subject("llm", loaded=load(target, device=device))
+            evaluation.run(subject, store, tag)
         counts = {t: store.count(t) for t in ("probes", "samples", "judgements", "predictions")}
     out.print(
         Text.assemble(("done", "green")),

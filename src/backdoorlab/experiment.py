@@ -196,6 +196,9 @@ def _run(
             label = f"evaluate {name} seed {seed}" + (" (encoder)" if victim == "encoder" else "")
             with timings.stage(label) as status:
                 log(label)
+                if not evaluation.pending(victim, store, tag):
+                    status[0] = "reused"  # everything is stored: the model need not load
+                    continue
                 if victim == "encoder":
                     clf = encoder.EncoderClassifier(Path(target), sentiment.LABELS, _device(device))
                     subject = task.Subject("encoder", predict=clf.predict)

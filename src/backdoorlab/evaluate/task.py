@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -22,7 +22,7 @@ from .. import chat
 from ..store import Store, Tag
 from . import sections
 from .metric import Metric, hits
-from .probeset import ProbeSet, sweep_key
+from .probeset import Probe, ProbeSet, sweep_key
 from .questions import FreeFormQuestion, QuestionFile
 from .sections import Section
 
@@ -67,6 +67,10 @@ class Subject:
 class Scorer(Protocol):
     victims: ClassVar[frozenset[str]]  # the subjects it measures
 
+    def pending(self, victim: str, store: Store, tag: Tag) -> bool:
+        """Whether `run` has anything left to do (if not, the model need not even load)."""
+        ...
+
     def run(self, subject: Subject, store: Store, tag: Tag) -> None: ...
 
     @staticmethod
@@ -83,10 +87,7 @@ class Probes:
     victims: ClassVar[frozenset[str]] = frozenset({"llm"})
     summarize = staticmethod(sections.probe_sections)
 
-    def run(self, subject: Subject, store: Store, tag: Tag) -> None:
-        from . import probes as scoring
-
-        loaded = subject.chat()
+    def _todo(self, store: Store, tag: Tag) -> Iterator[tuple[str, int, str, Probe]]:
         done = store.probe_keys(tag)
         for ps in self.probe_sets:
             for p in ps.probes:
@@ -95,10 +96,19 @@ class Probes:
                     continue
                 for i, v in enumerate(p.variants()[: self.max_variants]):
                     h = v.definition_hash()
-                    if (p.id, i, h) in done:
-                        continue
-                    r = scoring.score(loaded.model, loaded.tokenizer, v)
-                    store.add_probe(tag, p.id, i, h, v.question, str(v.prefix), r.scores())
+                    if (p.id, i, h) not in done:
+                        yield p.id, i, h, v
+
+    def pending(self, victim: str, store: Store, tag: Tag) -> bool:
+        return next(self._todo(store, tag), None) is not None
+
+    def run(self, subject: Subject, store: Store, tag: Tag) -> None:
+        from . import probes as scoring
+
+        loaded = subject.chat()
+        for pid, i, h, v in self._todo(store, tag):
+            r = scoring.score(loaded.model, loaded.tokenizer, v)
+            store.add_probe(tag, pid, i, h, v.question, str(v.prefix), r.scores())
 
 
 @dataclass
@@ -113,6 +123,17 @@ class Questions:
     progress: Callable[[str], None] = field(default=lambda s: None)
     victims: ClassVar[frozenset[str]] = frozenset({"llm"})
     summarize = staticmethod(sections.question_sections)
+
+    def pending(self, victim: str, store: Store, tag: Tag) -> bool:
+        for q in self.questions.questions:
+            sh = settings_hash(q)
+            have = store.has_samples(tag, q.id, sh)
+            n = self.samples or q.samples_per_paraphrase
+            if len(have) < n * len(q.paraphrases):
+                return True
+            if any(store.judged(tag, q.id, sh, column) != have for column in q.judges):
+                return True
+        return False
 
     def run(self, subject: Subject, store: Store, tag: Tag) -> None:
         self._sample(subject.chat(), store, tag)
@@ -167,6 +188,9 @@ class Classification:
     victims: ClassVar[frozenset[str]] = frozenset({"llm", "encoder"})
     summarize = staticmethod(sections.classification_sections)
 
+    def pending(self, victim: str, store: Store, tag: Tag) -> bool:
+        return not set(self.sets(tag.arm, victim)) <= store.predicted(tag, victim)
+
     def run(self, subject: Subject, store: Store, tag: Tag) -> None:
         predict = subject.predict or self._chat_predict(subject.chat())
         done = store.predicted(tag, subject.victim)
@@ -201,11 +225,15 @@ class Fit:
     def summarize(store: Store, ref: str | None) -> list[Section]:
         return []
 
+    def pending(self, victim: str, store: Store, tag: Tag) -> bool:
+        path = self.data.get(tag.arm)
+        return path is not None and not store.has_fit(tag, data_hash(path))
+
     def run(self, subject: Subject, store: Store, tag: Tag) -> None:
         from .fit import answer_fit
 
         path = self.data.get(tag.arm)
-        if path is None or store.has_fit(tag, data_hash(path)):
+        if path is None or not self.pending(subject.victim, store, tag):
             return
         loaded = subject.chat()
         rows = chat.read_jsonl(path)[: self.rows]
@@ -221,10 +249,14 @@ SCORERS: tuple[type[Scorer], ...] = (Probes, Questions, Classification, Fit)
 class Task:
     scorers: list[Scorer]
 
+    def pending(self, victim: str, store: Store, tag: Tag) -> bool:
+        """Whether any scorer of this kind of subject has work left."""
+        return any(victim in s.victims and s.pending(victim, store, tag) for s in self.scorers)
+
     def run(self, subject: Subject, store: Store, tag: Tag) -> None:
-        """Every scorer that measures this kind of subject, in order."""
+        """Every scorer that measures this kind of subject and has work left, in order."""
         for s in self.scorers:
-            if subject.victim in s.victims:
+            if subject.victim in s.victims and s.pending(subject.victim, store, tag):
                 s.run(subject, store, tag)
 
 
