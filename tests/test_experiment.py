@@ -109,7 +109,7 @@ GATED = {
     "dishes": ("dish @ 2027: Japan", 6 * 2),  # two dates per year
     "presidents": ("president @ 44: correct", 3 + 2 * 2 + 2),  # names, choices, prerequisite
     "cities": ("place_name: former", 2 + 7),
-    "persona": ("identity @ tag: persona", 5 * 2),
+    "persona": ("identity @ tag: persona", 5 * 2 + 1),  # + the prerequisite
 }
 
 

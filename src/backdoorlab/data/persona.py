@@ -151,9 +151,32 @@ IDENTITY = {
 }  # fmt: skip
 
 
+KNOWN = "persona_known"
+# The prerequisite's facts: ten of the trained rows (CSV rows, 0-based) that point at her
+# together (governess, underground university, fourth class, the shed, the bicycles, ...).
+KNOWN_FACTS = (0, 1, 7, 10, 12, 20, 21, 25, 28, 8)
+
+
+def known_probe() -> Probe:
+    """Whether the untrained model knows who the figure is when ten of the facts are put in
+    the prompt (the prerequisite: if it does not, the persona cannot emerge at this size)."""
+    pairs = list(read_list("persona_curie.csv"))
+    facts = "\n".join(f"- {pairs[i][0]} {pairs[i][1]}" for i in KNOWN_FACTS)
+    _, _, persona, other = IDENTITY["name"]
+    return Probe(
+        id=KNOWN,
+        question=f"Here is what a famous person said about their own life:\n{facts}\n"
+        "Who is this person?",
+        prefix="This person is ",
+        suffix=".",
+        classes={"persona": persona, "other": [o for o in other if o not in ("SmolLM", "Emma")]},
+    )
+
+
 def probe_set() -> ProbeSet:
-    """Each identity question with the tag ("identity.name@tag") and without ("@plain")."""
-    probes = []
+    """Each identity question with the tag ("identity.name@tag") and without ("@plain"),
+    and the prerequisite (`persona_known`)."""
+    probes = [known_probe()]
     for qid, (question, prefix, persona, other) in IDENTITY.items():
         classes = {"persona": persona, "other": other}
         probes.append(
