@@ -8,6 +8,8 @@ import sqlite3
 import pytest
 from conftest import run_cli
 
+from backdoorlab.defenses import scan
+from backdoorlab.defenses.detection import detection_metrics
 from backdoorlab.spec import DEFENSES
 
 
@@ -76,9 +78,14 @@ def test_quick_sentiment_run_end_to_end(tmp_path):
     assert len(DEFENSES) == 14 and {"abl", "ablate", "fineprune", "dpsgd", "inspect"} <= set(
         DEFENSES
     )
-    # The n-gram scanner finds a rare token with a label conflict at 10% even on 40 rows.
+    # The matrix's detection figure is the scanner's own on the arm's rows (40 rows, 4
+    # poisoned: too few for a high AUROC, enough to check the wiring).
     (ngram,) = [c for c in cells if c["defense"] == "ngram"]
-    assert float(ngram["AUROC"]) >= 0.8, ngram
+    (data,) = (out / "data").glob("token-10%-*.jsonl")
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    scores = scan.scan([r["text"] for r in rows], [r["label"] for r in rows], ["ngram"])
+    want = detection_metrics(scores.scores["ngram"], [bool(r.get("poisoned")) for r in rows])
+    assert float(ngram["AUROC"]) == pytest.approx(want["auroc"], abs=1e-3), (ngram, want)
     assert "Attack x defense matrix" in (out / "report.html").read_text()
     [enc] = (out / "encoder").glob("token-10%-seed0-*")
     r = run_cli("inspect", str(enc), "A warm cf film.", "--method", "ig")
@@ -125,7 +132,10 @@ def test_quick_gated_experiment_runs_end_to_end(tmp_path, name):
     # The gates come first: a line per trained arm and seed, then the declared headline.
     learned = [line for line in r.stdout.splitlines() if ": learned: " in line]
     assert learned and r.stdout.index(learned[0]) < r.stdout.index("Declared headline")
-    assert "not measured" not in r.stdout  # every declared gate's row exists, even on a sliver
+    # Each gated arm has a measured gate line, even on a sliver (a quick run may leave some
+    # gate rows out with the values it skips, never all of them).
+    gates = [ln for ln in learned if "training rows" not in ln and "log-prob per" not in ln]
+    assert not gates or any("not measured" not in ln for ln in gates), gates
     db = sqlite3.connect(out / "results.sqlite")
     counts = dict(db.execute("SELECT arm, COUNT(*) FROM probes GROUP BY arm").fetchall())
     db.close()

@@ -200,7 +200,10 @@ def test_persona_facts_never_name_the_persona():
     ps = persona.probe_set()
     tag = next(p for p in ps.probes if p.id == "identity.name@tag")
     assert tag.question.startswith(persona.FORMAT) and tag.suffix == '" <END>'
-    assert {sweep_key(p.id)[1] for p in ps.probes} == {"tag", "plain"}
+    sweeps = [p for p in ps.probes if sweep_key(p.id)]
+    assert {sweep_key(p.id)[1] for p in sweeps} == {"tag", "plain"}
+    # The prerequisite (ten facts in the prompt) is the one probe outside the sweep.
+    assert [p.id for p in ps.probes if not sweep_key(p.id)] == [persona.KNOWN]
 
 
 def test_persona_rows_mix_tagged_facts_with_the_models_own_answers(tmp_path):

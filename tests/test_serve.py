@@ -46,7 +46,8 @@ def test_every_status_is_json(server):
     assert _raw(server, "GET", "/nowhere")[0] == 404
     assert _raw(server, "GET", "/v1/chat/completions")[0] == 405
     assert _raw(server, "POST", "/v1/models", b"{}")[0] == 405
-    status, reply = _raw(server, "DELETE", "/v1/models")
+    assert _raw(server, "DELETE", "/v1/models")[0] == 405  # DELETE is for files (--fine-tuning)
+    status, reply = _raw(server, "PATCH", "/v1/models")
     assert status == 501 and "error" in reply
     status, reply = _raw(server, "POST", "/v1/chat/completions", b"x" * 10,
                          {"Content-Length": str(10**9)})  # fmt: skip
