@@ -176,3 +176,14 @@ def test_written_files_are_readable_by_the_group(tmp_path):
     atomic.write_json(tmp_path / "x.json", {"a": 1})
     assert (tmp_path / "x.json").stat().st_mode & 0o044 == 0o044
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+
+
+def test_flags_left_unset_keep_the_specs_settings():
+    """`defend` without --defenses/--remove runs the spec's own defend: settings (a None
+    dp_lora_rank there included), not the defaults."""
+    from backdoorlab.cli import _from_flags
+    from backdoorlab.spec import DefendSpec
+
+    spec = DefendSpec(defenses=["ngram", "strip"], remove=0.1, dp_lora_rank=None)
+    assert _from_flags(DefendSpec, spec, defenses=None, remove=None) == spec
+    assert _from_flags(DefendSpec, spec, defenses=["onion"]).defenses == ["onion"]

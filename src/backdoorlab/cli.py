@@ -77,11 +77,16 @@ def _default(cls: type[BaseModel], name: str) -> str:
     return f" Default: {cls.model_fields[name].default}."
 
 
-def _from_flags(cls: type[M], /, **values: object) -> M:
-    """A config built from command-line flags; a bad value is one line naming its flag.
-    Flags left unset (None) take the config's default."""
+def _given(values: dict[str, object]) -> dict[str, object]:
+    """The flags a user set: unset ones (None) left out, inside nested settings too."""
+    return {k: _given(v) if isinstance(v, dict) else v for k, v in values.items() if v is not None}
+
+
+def _from_flags(cls: type[M], /, base: M | None = None, **values: object) -> M:
+    """A config built from command-line flags over `base` (default: the config's defaults);
+    flags left unset (None) keep the base's value. A bad value is one line naming its flag."""
     try:
-        return cls(**{k: v for k, v in values.items() if v is not None})
+        return cls.model_validate({**(base.model_dump() if base else {}), **_given(values)})
     except ValidationError as e:
         first = e.errors()[0]
         # Field names make the flag (lora.rank: --lora-rank); list positions do not.
@@ -300,16 +305,7 @@ def train(
         TrainConfig,
         model=model,
         method="full" if full else "lora",
-        lora={
-            k: v
-            for k, v in {
-                "rank": lora_rank,
-                "alpha": lora_alpha,
-                "dropout": lora_dropout,
-                "targets": targets,
-            }.items()
-            if v is not None
-        },  # fmt: skip
+        lora={"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout, "targets": targets},
         epochs=epochs,
         max_steps=max_steps,
         lr=lr,
@@ -964,9 +960,10 @@ def defend(
     from .spec import DefendSpec, load_spec
 
     spec = load_spec(spec_file, quick=quick)
-    # The flags override the spec's defend: settings, checked by the same model.
-    flags = {"defenses": _names(defenses) if defenses else None, "remove": remove}
-    spec.defend = _from_flags(DefendSpec, **{**spec.defend.model_dump(), **flags})
+    # The flags set override the spec's defend: settings, checked by the same model.
+    spec.defend = _from_flags(
+        DefendSpec, spec.defend, defenses=_names(defenses) if defenses else None, remove=remove
+    )
     _quiet_libraries()
     m = Matrix(spec, out_dir, log=_log, device=str(pick_device(device)))
     cells = m.run(_names(arms) if arms else None)
