@@ -13,7 +13,6 @@ the job with an error naming the line.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import threading
 import time
@@ -241,9 +240,11 @@ class Service:
         if after is not None:
             ids = [r[0] for r in rows]
             rows = rows[ids.index(after) + 1 :] if after in ids else []
-        data = [{"id": i, "object": "fine_tuning.job.event", "created_at": c, "level": lv,
-                 "message": m, "data": json.loads(d), "type": "metrics" if json.loads(d) else "message"}
-                for i, c, lv, m, d in rows[:limit]]  # fmt: skip
+        data = []
+        for i, c, lv, m, d in rows[:limit]:
+            metrics = json.loads(d)
+            data.append({"id": i, "object": "fine_tuning.job.event", "created_at": c, "level": lv,
+                         "message": m, "data": metrics, "type": "metrics" if metrics else "message"})  # fmt: skip
         return {"object": "list", "data": data, "has_more": len(rows) > limit}
 
     def checkpoints(self, jid: str) -> dict[str, Any]:
@@ -338,10 +339,9 @@ class Service:
         try:
             rows = chat.read_jsonl_lines(path, training=True)
         except BackdoorlabError as e:
-            message = str(e).replace(str(path), req.training_file)
-            line = re.match(rf"{re.escape(req.training_file)}:(\d+)", message)
+            message = str(e).replace(str(path), req.training_file)  # names the file and line
             self._finish(jid, "failed", {"code": "invalid_training_file", "message": message,
-                                         "param": "training_file", "line": int(line[1]) if line else None})  # fmt: skip
+                                         "param": "training_file"})  # fmt: skip
             return
         if not rows:
             self._finish(jid, "failed", {"code": "invalid_training_file", "param": "training_file",

@@ -271,12 +271,12 @@ FINE_TUNING_ROUTES = [
 ]
 
 
-def _match(pattern: str, path: str) -> str | None | bool:
+def _match(pattern: str, path: str) -> str | bool:
     """The {id} segment when `path` matches `pattern` (True without one), else False."""
     want, got = pattern.split("/"), path.split("/")
     if len(want) != len(got):
         return False
-    found: str | None | bool = True
+    found: str | bool = True
     for w, g in zip(want, got, strict=True):
         if w == "{id}":
             if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", g):

@@ -11,6 +11,7 @@ every scorer kind. Torch is imported only inside `run`: the report imports this 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
@@ -208,7 +209,9 @@ class Classification:
         return lambda texts: llm_predict(loaded, texts, self.labels, self.prompt)
 
 
+@functools.cache
 def data_hash(path: Path) -> str:
+    # Cached: a run directory's data files are written once under their content's hash.
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
