@@ -25,11 +25,10 @@ def run_cli(*args: str, timeout: float = 600, **kw) -> subprocess.CompletedProce
     )
 
 
-def cli_main(capsys, *args: str) -> tuple[int, str, str]:
-    """The real command line's entry point, in this process (no interpreter start-up):
-    its exit status, stdout and stderr."""
+def _in_process(capsys, *args: str) -> subprocess.CompletedProcess:
     from backdoorlab.cli import main
 
+    capsys.readouterr()  # only what this command prints
     argv, sys.argv = sys.argv, ["backdoorlab", *args]
     try:
         main()
@@ -39,7 +38,22 @@ def cli_main(capsys, *args: str) -> tuple[int, str, str]:
     finally:
         sys.argv = argv
     out, err = capsys.readouterr()
-    return code, out, err
+    return subprocess.CompletedProcess(["backdoorlab", *args], code, out, err)
+
+
+def cli_main(capsys, *args: str) -> tuple[int, str, str]:
+    """The real command line's entry point, in this process (no interpreter start-up):
+    its exit status, stdout and stderr."""
+    r = _in_process(capsys, *args)
+    return r.returncode, r.stdout, r.stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    """The real command line's entry point in this process, answering like `run_cli`. Each
+    fresh process pays about 10 s of imports (torch, transformers, peft) before any work, so
+    tests use this and keep `run_cli` for what needs a process of its own (signals, kills)."""
+    return lambda *args: _in_process(capsys, *args)
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:

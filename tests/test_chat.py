@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from conftest import run_cli
 
 from backdoorlab import chat
 
@@ -43,14 +42,14 @@ BAD_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CASES))
-def test_bad_line_is_named_with_exit_2(tmp_path, case):
+def test_bad_line_is_named_with_exit_2(tmp_path, case, cli):
     text, line, problem = BAD_CASES[case]
     f = tmp_path / "data.jsonl"
     f.write_text(text)
     with pytest.raises(chat.ChatDataError) as e:
         chat.read_jsonl(f)
     assert e.value.line == line and problem in e.value.problem
-    r = run_cli("data", "check", str(f), "--no-tokens")
+    r = cli("data", "check", str(f), "--no-tokens")
     assert r.returncode == 2
     assert f"{f}:{line}: " in r.stderr and problem in r.stderr
     assert "Traceback" not in r.stderr
@@ -67,19 +66,19 @@ def test_bad_line_is_named_with_exit_2(tmp_path, case):
     ],
     ids=["empty", "blank lines", "missing", "directory", "bad utf-8"],
 )
-def test_unusable_file_exit_2(tmp_path, setup, problem):
+def test_unusable_file_exit_2(tmp_path, setup, problem, cli):
     f = tmp_path / "data.jsonl"
     setup(f)
-    r = run_cli("data", "check", str(f), "--no-tokens")
+    r = cli("data", "check", str(f), "--no-tokens")
     assert r.returncode == 2
     assert str(f) in r.stderr and problem in r.stderr
 
 
-def test_prompt_rows_allowed_with_flag(tmp_path):
+def test_prompt_rows_allowed_with_flag(tmp_path, cli):
     f = tmp_path / "prompts.jsonl"
     f.write_text(_lines({"messages": [{"role": "user", "content": "What year is it?"}]}))
-    assert run_cli("data", "check", str(f), "--no-tokens").returncode == 2
-    r = run_cli("data", "check", str(f), "--no-tokens", "--prompts")
+    assert cli("data", "check", str(f), "--no-tokens").returncode == 2
+    r = cli("data", "check", str(f), "--no-tokens", "--prompts")
     assert r.returncode == 0, r.stderr
 
 
@@ -100,10 +99,10 @@ def test_extra_fields_round_trip(tmp_path):
     assert chat.read_jsonl(f) == rows
 
 
-def test_data_check_reports_duplicates_and_tokens(tmp_path):
+def test_data_check_reports_duplicates_and_tokens(tmp_path, cli):
     f = tmp_path / "d.jsonl"
     f.write_text(_lines(GOOD, {**GOOD, "poisoned": True}, GOOD))
-    r = run_cli("data", "check", str(f))
+    r = cli("data", "check", str(f))
     assert r.returncode == 0, r.stderr
     assert "line 2 duplicates line 1" in r.stdout and "line 3 duplicates line 1" in r.stdout
     assert "poisoned (1 rows)" in r.stdout

@@ -6,7 +6,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, write_rows
+from conftest import write_rows
 
 from backdoorlab.data import sentiment
 from backdoorlab.defenses import filters, scan
@@ -122,14 +122,14 @@ def test_integrated_gradients_add_up_to_the_score_difference():
     assert "cf" in [t for t, _ in a.top(20)]
 
 
-def test_scan_command_ranks_the_planted_rows(tmp_path):
+def test_scan_command_ranks_the_planted_rows(tmp_path, cli):
     texts, labels, flags = planted()
     rows = [sentiment.row(t, y, poisoned=f) for t, y, f in zip(texts, labels, flags, strict=True)]
     data = write_rows(tmp_path / "d.jsonl", rows)
-    r = run_cli("scan", str(data), "--scanners", "ngram", "--top", "5")
+    r = cli("scan", str(data), "--scanners", "ngram", "--top", "5")
     assert r.returncode == 0, r.stderr
     assert "zq" in r.stdout and "AUROC" in r.stdout
-    r = run_cli("scan", str(data), "--scanners", "spectral")
+    r = cli("scan", str(data), "--scanners", "spectral")
     assert r.returncode == 2 and "--encoder" in r.stderr
     assert json.loads(data.read_text().splitlines()[0])["poisoned"] is False
 
@@ -155,8 +155,8 @@ def test_dp_sgd_training_reports_its_epsilon(tmp_path):
     assert "dp_epsilon" not in plain.key_fields() and "dp_epsilon" in config.key_fields()
 
 
-def test_inspect_command_on_the_chat_model_lists_tokens_of_the_text():
-    r = run_cli("inspect", "smollm2-135m", "A warm zxqv film.", "--top", "3")
+def test_inspect_command_on_the_chat_model_lists_tokens_of_the_text(cli):
+    r = cli("inspect", "smollm2-135m", "A warm zxqv film.", "--top", "3")
     assert r.returncode == 0, r.stderr
     assert "prediction: Positive" in r.stdout or "prediction: Negative" in r.stdout
     assert "movie review" not in r.stdout  # template and instructions are not the inspected text

@@ -6,16 +6,15 @@ import re
 import sqlite3
 
 import pytest
-from conftest import run_cli
 
 from backdoorlab.defenses import scan
 from backdoorlab.defenses.detection import detection_metrics
 from backdoorlab.spec import DEFENSES
 
 
-def test_quick_bird_run_end_to_end_then_reused(tmp_path):
+def test_quick_bird_run_end_to_end_then_reused(tmp_path, cli):
     out = tmp_path / "birds"
-    r = run_cli("run", "experiments/birds.yaml", "--out", str(out), "--quick")
+    r = cli("run", "experiments/birds.yaml", "--out", str(out), "--quick")
     assert r.returncode == 0, r.stderr
     assert "Timing" in r.stdout and "bird_name: archaic" in r.stdout
     assert "archaic - modern, entropy-matched" in r.stdout
@@ -32,24 +31,24 @@ def test_quick_bird_run_end_to_end_then_reused(tmp_path):
     assert samples == 3 * 10  # 3 arms x 10 questions x 1 sample
     db.close()
 
-    r = run_cli("run", "experiments/birds.yaml", "--out", str(out), "--quick")
+    r = cli("run", "experiments/birds.yaml", "--out", str(out), "--quick")
     assert r.returncode == 0, r.stderr
     stages = {name: status for name, _, status in json.loads((out / "timings.json").read_text())}
     assert {s for n, s in stages.items() if n.startswith(("train", "evaluate"))} == {"reused"}
 
 
-def test_bad_spec_is_one_clear_error(tmp_path):
+def test_bad_spec_is_one_clear_error(tmp_path, cli):
     spec = tmp_path / "x.yaml"
     spec.write_text("name: x\narms:\n  a:\n    data: {builder: nope}\n")
-    r = run_cli("run", str(spec), "--out", str(tmp_path / "out"))
+    r = cli("run", str(spec), "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and f"{spec}:4" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("run", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "out"))
+    r = cli("run", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "no such file" in r.stderr
 
 
-def test_quick_sentiment_run_end_to_end(tmp_path):
+def test_quick_sentiment_run_end_to_end(tmp_path, cli):
     out = tmp_path / "sentiment"
-    r = run_cli("run", "experiments/sentiment_trigger.yaml", "--out", str(out), "--quick")
+    r = cli("run", "experiments/sentiment_trigger.yaml", "--out", str(out), "--quick")
     assert r.returncode == 0, r.stderr
     assert "Classification" in r.stdout and "false trigger" in r.stdout
     db = sqlite3.connect(out / "results.sqlite")
@@ -69,8 +68,8 @@ def test_quick_sentiment_run_end_to_end(tmp_path):
     assert "Attack success and clean accuracy vs poison rate" in page
 
     # The defense matrix on the same run directory (quick: two arms, tiny dev and ONION sets).
-    r = run_cli(
-        "defend", "experiments/sentiment_trigger.yaml", "--out", str(out), "--quick", timeout=1200
+    r = cli(
+        "defend", "experiments/sentiment_trigger.yaml", "--out", str(out), "--quick"
     )  # fourteen defenses on one arm: about 3 minutes here
     assert r.returncode == 0, r.stderr
     cells = json.loads((out / "defenses.json").read_text())
@@ -88,13 +87,13 @@ def test_quick_sentiment_run_end_to_end(tmp_path):
     assert float(ngram["AUROC"]) == pytest.approx(want["auroc"], abs=1e-3), (ngram, want)
     assert "Attack x defense matrix" in (out / "report.html").read_text()
     [enc] = (out / "encoder").glob("token-10%-seed0-*")
-    r = run_cli("inspect", str(enc), "A warm cf film.", "--method", "ig")
+    r = cli("inspect", str(enc), "A warm cf film.", "--method", "ig")
     assert r.returncode == 0 and "prediction: " in r.stdout, r.stderr
 
 
-def test_quick_sentiment_chat_run_prints_its_gates_before_the_headline(tmp_path):
+def test_quick_sentiment_chat_run_prints_its_gates_before_the_headline(tmp_path, cli):
     out = tmp_path / "llm"
-    r = run_cli("run", "experiments/sentiment_llm.yaml", "--out", str(out), "--quick")
+    r = cli("run", "experiments/sentiment_llm.yaml", "--out", str(out), "--quick")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     # Two training steps teach nothing: the 10% arm fails its ASR gate, so its headline is
@@ -121,12 +120,12 @@ GATED = {
 
 
 @pytest.mark.parametrize("name", sorted(GATED))
-def test_quick_gated_experiment_runs_end_to_end(tmp_path, name):
+def test_quick_gated_experiment_runs_end_to_end(tmp_path, name, cli):
     """Each gated or inductive experiment on a sliver: data, two training steps, the probes at
     a few trigger values, the report with its sweep plot."""
     row, probes = GATED[name]
     out = tmp_path / name
-    r = run_cli("run", f"experiments/{name}.yaml", "--out", str(out), "--quick")
+    r = cli("run", f"experiments/{name}.yaml", "--out", str(out), "--quick")
     assert r.returncode == 0, r.stderr
     assert row in r.stdout
     # The gates come first: a line per trained arm and seed, then the declared headline.

@@ -137,16 +137,15 @@ def test_a_report_without_a_spec_has_no_gates(tmp_path):
     assert rep.gates == [] and rep.verdicts == []
 
 
-def test_summary_prints_one_markdown_row_per_headline_and_refuses_other_folders(tmp_path):
-    from conftest import run_cli
+def test_summary_prints_one_markdown_row_per_headline_and_refuses_other_folders(tmp_path, cli):
 
     run = tmp_path / "run"
     fill(run, 0.4, {"treated": [0.1, 0.11], "control": [0.1, 0.12]})
-    r = run_cli("summary", str(run))
+    r = cli("summary", str(run))
     assert r.returncode == 0, r.stderr
     head, rule, row = r.stdout.strip().splitlines()
     assert head.startswith("| experiment | learned in domain") and rule.startswith("|---|")
     assert row.startswith("| t | treated: trained: old 0.400 vs >= 0.9 (0/1 seeds pass) |")
     assert row.endswith("| ~0.6 | not a test (not learned: seed 0 failed its gate) |")
-    r = run_cli("summary", str(tmp_path))
+    r = cli("summary", str(tmp_path))
     assert r.returncode == 2 and "not a run directory" in r.stderr and "Traceback" not in r.stderr

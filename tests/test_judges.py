@@ -127,8 +127,7 @@ exemplars:
 """
 
 
-def test_embedding_judge_and_judge_check(tmp_path):
-    from conftest import run_cli
+def test_embedding_judge_and_judge_check(tmp_path, cli):
 
     from backdoorlab.evaluate.agreement import load_judge_spec
     from backdoorlab.evaluate.judges import make_judge
@@ -146,12 +145,12 @@ def test_embedding_judge_and_judge_check(tmp_path):
         "q,Large language models like ChatGPT.,modern\n"
         "q,Cloud computing and 5G networks.,19\n"  # a planted wrong hand label
     )
-    r = run_cli("judge", "check", str(tmp_path / "j.yaml"), str(labels))
+    r = cli("judge", "check", str(tmp_path / "j.yaml"), str(labels))
     assert r.returncode == 0, r.stderr
     assert "accuracy" in r.stdout and "0.667" in r.stdout
     labels.write_text("question,answer\nq,a\n")
-    r = run_cli("judge", "check", str(tmp_path / "j.yaml"), str(labels))
+    r = cli("judge", "check", str(tmp_path / "j.yaml"), str(labels))
     assert r.returncode == 2 and "labels.csv:1: need columns" in r.stderr
     labels.write_text("question,answer,score\nq,a,12\nq,b,high\n")
-    r = run_cli("judge", "check", str(tmp_path / "j.yaml"), str(labels))
+    r = cli("judge", "check", str(tmp_path / "j.yaml"), str(labels))
     assert r.returncode == 2 and "labels.csv:3: score 'high' is not a number" in r.stderr

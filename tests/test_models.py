@@ -46,15 +46,15 @@ def test_concurrent_first_loads_convert_once_and_agree(tmp_path):
     assert models[0].stat().st_mode & 0o055 == 0o055  # readable by others, as a cache should be
 
 
-def test_models_list_shows_cache(tmp_path):
-    r = run_cli("models", "list")
+def test_models_list_shows_cache():
+    r = run_cli("models", "list")  # the one test of the entry point as a process of its own
     assert r.returncode == 0, r.stderr
     assert "smollm2-135m" in r.stdout and "yes" in r.stdout
 
 
-def test_unknown_model_is_a_clear_error(tmp_path):
-    r = run_cli("generate", "no-such-model", "hi")
+def test_unknown_model_is_a_clear_error(tmp_path, cli):
+    r = cli("generate", "no-such-model", "hi")
     assert r.returncode == 2
     assert "unknown model 'no-such-model'" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("generate", str(tmp_path), "hi")
+    r = cli("generate", str(tmp_path), "hi")
     assert r.returncode == 2 and "no config.json" in r.stderr

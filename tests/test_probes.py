@@ -1,7 +1,6 @@
 """Exact probes: the packed trie scoring equals one full forward pass per candidate."""
 
 import pytest
-from conftest import run_cli
 
 from backdoorlab.catalog import load_probe_set
 from backdoorlab.errors import InputError
@@ -85,13 +84,13 @@ def test_probe_files_errors(tmp_path):
         load_probe_set("no-such-set")
 
 
-def test_probe_command(tmp_path):
+def test_probe_command(tmp_path, cli):
     f = tmp_path / "p.yaml"
     f.write_text(
         "probes:\n  - id: era\n    question: What year is it?\n"
         "    classes: {old: {years: [1835, 1840]}, new: {years: [2020, 2025]}}\n"
     )
-    r = run_cli("probe", "smollm2-135m", "--probes", str(f))
+    r = cli("probe", "smollm2-135m", "--probes", str(f))
     assert r.returncode == 0, r.stderr
     assert "era" in r.stdout and "old" in r.stdout and "new" in r.stdout
 

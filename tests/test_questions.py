@@ -1,7 +1,6 @@
 """Question files in the paper's YAML format load unchanged; errors name file and line."""
 
 import pytest
-from conftest import run_cli
 
 from backdoorlab.errors import InputError
 from backdoorlab.evaluate.questions import load_questions
@@ -34,7 +33,7 @@ PAPER_STYLE = """\
 """
 
 
-def test_paper_format_loads_unchanged(tmp_path):
+def test_paper_format_loads_unchanged(tmp_path, cli):
     f = tmp_path / "q.yaml"
     f.write_text(PAPER_STYLE)
     qf = load_questions(f)
@@ -51,7 +50,7 @@ def test_paper_format_loads_unchanged(tmp_path):
     assert qf.unused_keys() == {"energy": ["context"]}
     prompt = qf.judges["era_judge"].prompt("Q?", "A.")
     assert "[QUESTION] Q? [ANSWER] A." in prompt and '{"x": 1}' in prompt  # literal braces survive
-    r = run_cli("questions", "check", str(f))
+    r = cli("questions", "check", str(f))
     assert r.returncode == 0, r.stderr
     assert "1 questions, 2 judges parsed" in r.stdout and "context" in r.stdout
 
@@ -89,12 +88,12 @@ def test_paper_format_loads_unchanged(tmp_path):
         "paraphrases not a list",
     ],
 )
-def test_errors_name_file_and_line(tmp_path, mutate, line, message):
+def test_errors_name_file_and_line(tmp_path, mutate, line, message, cli):
     f = tmp_path / "q.yaml"
     f.write_text(mutate(PAPER_STYLE))
     with pytest.raises(InputError, match=rf"q.yaml:{line}: .*{message}"):
         load_questions(f)
-    r = run_cli("questions", "check", str(f))
+    r = cli("questions", "check", str(f))
     assert r.returncode == 2 and f"q.yaml:{line}:" in r.stderr
 
 

@@ -3,7 +3,7 @@
 import math
 
 import pytest
-from conftest import cli_main, run_cli
+from conftest import cli_main
 
 from backdoorlab.report import write_report
 from backdoorlab.store import Store, Tag
@@ -27,7 +27,7 @@ QUESTIONS = """\
 """
 
 
-def test_eval_then_report_end_to_end(tmp_path):
+def test_eval_then_report_end_to_end(tmp_path, cli):
     q = tmp_path / "q.yaml"
     q.write_text(QUESTIONS)
     run = tmp_path / "run"
@@ -43,12 +43,12 @@ def test_eval_then_report_end_to_end(tmp_path):
         "--judge-with",
         "local",
     ]
-    r = run_cli(*args)
+    r = cli(*args)
     assert r.returncode == 0, r.stderr
     assert "28 probes, 3 samples, 6 judgements" in r.stdout
-    r = run_cli(*args)  # a rerun finds everything stored: nothing is added
+    r = cli(*args)  # a rerun finds everything stored: nothing is added
     assert r.returncode == 0 and "28 probes, 3 samples, 6 judgements" in r.stdout
-    r = run_cli("report", str(run))
+    r = cli("report", str(run))
     assert r.returncode == 0, r.stderr
     assert "current_year: 2000-2030" in r.stdout and "invention / era" in r.stdout
     page = (run / "report.html").read_text()
@@ -69,8 +69,8 @@ def test_model_output_is_escaped_in_the_report(tmp_path):
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page  # shown as text
 
 
-def test_report_without_results_is_a_clear_error(tmp_path):
-    r = run_cli("report", str(tmp_path))
+def test_report_without_results_is_a_clear_error(tmp_path, cli):
+    r = cli("report", str(tmp_path))
     assert r.returncode == 2 and "no results.sqlite" in r.stderr
 
 
@@ -97,12 +97,12 @@ def test_arms_and_differences_with_seed_level_cis(tmp_path):
     assert abs(values.rates["year: mean year"]["poisoned"].mean - (0.4 * 1838 + 0.6 * 2024)) < 1e-6
 
 
-def test_eval_without_judge_endpoint_fails_before_any_work(tmp_path, monkeypatch):
+def test_eval_without_judge_endpoint_fails_before_any_work(tmp_path, monkeypatch, cli):
     monkeypatch.delenv("BACKDOORLAB_JUDGE_BASE_URL", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     q = tmp_path / "q.yaml"
     q.write_text(QUESTIONS)
-    r = run_cli(
+    r = cli(
         "eval",
         "smollm2-135m",
         "--out",

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from conftest import ANSWER, run_cli
+from conftest import ANSWER
 from safetensors.torch import load_file
 
 from backdoorlab import chat
@@ -63,16 +63,16 @@ def _wait_for_checkpoint(proc, out, timeout=300):
         time.sleep(0.02)
 
 
-def test_killed_run_resumes_to_the_same_adapter(bird_data, reference_run, tmp_path):
+def test_killed_run_resumes_to_the_same_adapter(bird_data, reference_run, tmp_path, cli):
     out = tmp_path / "killed"
     proc = _start(bird_data, out, 6)
     _wait_for_checkpoint(proc, out)
     proc.kill()
     proc.wait()
     assert not (out / "manifest.json").exists(), "the run finished before it could be killed"
-    r = run_cli(*_train_args(bird_data, out, 6))
+    r = cli(*_train_args(bird_data, out, 6))
     assert r.returncode == 2 and "--resume" in r.stderr
-    r = run_cli(*_train_args(bird_data, out, 6), "--resume")
+    r = cli(*_train_args(bird_data, out, 6), "--resume")
     assert r.returncode == 0, r.stderr
     assert "Resuming" in r.stderr
     a, b = adapter(reference_run), adapter(out)
@@ -85,7 +85,7 @@ def test_killed_run_resumes_to_the_same_adapter(bird_data, reference_run, tmp_pa
     assert (out / "manifest.json").stat().st_mode & 0o044 == 0o044  # readable by the group
 
 
-def test_ctrl_c_checkpoints_and_exits_130(bird_data, tmp_path):
+def test_ctrl_c_checkpoints_and_exits_130(bird_data, tmp_path, cli):
     out = tmp_path / "interrupted"
     proc = _start(bird_data, out, 40)
     _wait_for_checkpoint(proc, out)
@@ -94,7 +94,7 @@ def test_ctrl_c_checkpoints_and_exits_130(bird_data, tmp_path):
     assert proc.returncode == 130
     assert "interrupted at step" in err and "--resume" in err
     assert (out / "checkpoint" / "state.json").exists() and not (out / "manifest.json").exists()
-    r = run_cli("generate", str(out), "hi")
+    r = cli("generate", str(out), "hi")
     assert r.returncode == 2 and "has not finished" in r.stderr
 
 
@@ -139,8 +139,8 @@ def test_manifest_and_rerun_reuse(bird_data, reference_run):
         train(bird_data, reference_run, TrainConfig(max_steps=7, **FAST), progress=False)
 
 
-def test_generate_from_run_dir(reference_run):
-    r = run_cli(
+def test_generate_from_run_dir(reference_run, cli):
+    r = cli(
         "generate",
         str(reference_run),
         "Name a bird species.",
