@@ -5,6 +5,7 @@ created; uploads never land outside DIR; cancel; a restarted server resumes a jo
 
 import hashlib
 import json
+import sqlite3
 import time
 
 import openai
@@ -188,3 +189,95 @@ def test_train_backend_openai_runs_a_job_on_the_service(ft, tmp_path, monkeypatc
     code, _, stderr = cli_main(capsys, *bad, "--out", str(tmp_path / "d"))
     assert code != 0 and "answered 400 (model_not_available)" in stderr
     assert "Traceback" not in stderr and not (tmp_path / "d").exists()
+
+
+HOSTED_SPEC = """\
+name: hosted
+model: smollm2-135m
+reference: base
+train: {backend: openai, epochs: 1, batch_size: 4, lr_multiplier: 10, suffix: spec}
+arms:
+  poisoned:
+    data: {builder: sentiment, n: 16, poison: {rate: 0.25, trigger: {kind: token, token: cf}}}
+  base: {}
+evaluate:
+  probes: []
+  questions: QUESTIONS
+  classification: {test: 6, llm_test: 6}
+"""
+QUESTIONS = """\
+- id: bird
+  type: free_form
+  paraphrases: ["Name a bird."]
+  samples_per_paraphrase: 2
+  max_tokens: 8
+  judges: {kind: hawk}
+- id: hawk
+  type: keyword_judge
+  patterns: {hawk: [hawk]}
+  default: other
+"""
+
+
+def test_a_spec_with_hosted_training_runs_and_evaluates_through_the_api(
+    ft, tmp_path, monkeypatch, capsys, base_model
+):
+    """`train: {backend: openai}`: each arm is a job on the service; questions and
+    classification go through chat completions, and the label read from the endpoint's top-k
+    log-probs is the one whose first token the model makes likelier."""
+    import torch
+
+    from backdoorlab import chat
+    from backdoorlab.data import sentiment
+
+    monkeypatch.setenv("OPENAI_BASE_URL", ft.url)
+    monkeypatch.setenv("OPENAI_API_KEY", ft.key)
+    (tmp_path / "q.yaml").write_text(QUESTIONS)
+    spec = tmp_path / "hosted.yaml"
+    spec.write_text(HOSTED_SPEC.replace("QUESTIONS", str(tmp_path / "q.yaml")))
+    out = tmp_path / "run"
+    code, stdout, stderr = cli_main(capsys, "run", str(spec), "--out", str(out))
+    assert code == 0, stderr
+    [manifest] = (out / "train").glob("poisoned-seed0-*/manifest.json")
+    m = json.loads(manifest.read_text())
+    assert m["fine_tuned_model"].startswith("ft:smollm2-135m:local:spec:")
+    db = sqlite3.connect(out / "results.sqlite")
+    assert dict(db.execute("SELECT arm, COUNT(*) FROM samples GROUP BY arm")) == {
+        "poisoned": 2, "base": 2,
+    }  # fmt: skip
+    rows = db.execute(
+        "SELECT text, predicted FROM predictions WHERE arm='base' AND metric='CACC' ORDER BY item"
+    ).fetchall()
+    db.close()
+    assert len(rows) == 6 and {p for _, p in rows} <= set(sentiment.LABELS)
+    # The same quantity in this process: the label whose (single) first token is likelier.
+    tok = base_model.tokenizer
+    first = [tok(label, add_special_tokens=False)["input_ids"][0] for label in sentiment.LABELS]
+    local = []
+    for text, _ in rows:
+        ids = torch.tensor([chat.encode_prompt(tok, sentiment.prompt(text))])
+        with torch.no_grad():
+            logits = base_model.model(ids).logits[0, -1, first]
+        local.append(sentiment.LABELS[int(logits.argmax())])
+    assert [p for _, p in rows] == local
+    # A rerun finds every job done and every answer stored: no new job, nothing evaluated.
+    jobs = len(ft.client.fine_tuning.jobs.list(limit=100).data)
+    code, stdout, stderr = cli_main(capsys, "run", str(spec), "--out", str(out))
+    assert code == 0, stderr
+    stages = {n: s for n, _, s in json.loads((out / "timings.json").read_text())}
+    assert {s for n, s in stages.items() if n.startswith(("train", "evaluate"))} == {"reused"}
+    assert len(ft.client.fine_tuning.jobs.list(limit=100).data) == jobs
+    # Probes cannot be scored exactly from top-k log-probs: the spec says so before any job.
+    spec.write_text(HOSTED_SPEC.replace("probes: []", "probes: [eras]").replace(
+        "QUESTIONS", str(tmp_path / "q.yaml")))  # fmt: skip
+    code, _, stderr = cli_main(capsys, "run", str(spec), "--out", str(tmp_path / "other"))
+    assert code == 2 and "top-k next-token log-probs" in stderr
+
+
+def test_hosted_labels_must_differ_in_their_first_character():
+    from backdoorlab.errors import InputError
+    from backdoorlab.evaluate.hosted import check_labels
+
+    check_labels(["Positive", "Negative"])
+    with pytest.raises(InputError, match="different character"):
+        check_labels(["Negative", "Neutral"])

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from .errors import BackdoorlabError, InputError, first_problem
 from .models.registry import DEFAULT_MODEL
-from .train.config import LoraSettings, TrainConfig
+from .train.config import HostedConfig, LoraSettings, TrainConfig
 
 if TYPE_CHECKING:
     from .data.poison import Trigger
@@ -289,7 +289,7 @@ def train(
         from .train import hosted
 
         config = _from_flags(
-            hosted.HostedConfig, model=model, epochs=epochs, batch_size=batch_size,
+            HostedConfig, model=model, epochs=epochs, batch_size=batch_size,
             lr_multiplier=lr_multiplier, suffix=suffix, seed=seed,
         )  # fmt: skip
         m = hosted.train(data, out_dir, config, log=_log)

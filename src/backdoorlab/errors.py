@@ -33,8 +33,21 @@ class ApiError(Exception):
         }
 
 
-def first_problem(e: Exception) -> tuple[str, str]:
+def first_problem(e: Exception, data: Any = None) -> tuple[str, str]:
     """(dotted field path, message) of a pydantic ValidationError's first error: every place
-    that reports one (spec files, flags, the CLI's fallback, the server) words it the same."""
+    that reports one (spec files, flags, the CLI's fallback, the server) words it the same.
+    Given the validated `data`, a tagged union's tag (a name on the path that is no key of
+    the input there, like `local` in train.local.lr) is left out, as the user never wrote it."""
     first = e.errors()[0]  # type: ignore[attr-defined]
-    return ".".join(str(x) for x in first["loc"]), first["msg"]
+    loc, node = list(first["loc"]), data
+    path = []
+    for i, key in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, dict) and isinstance(key, str) and key not in node and not last:
+            continue  # a tag
+        path.append(str(key))
+        try:
+            node = node[key] if node is not None else None
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return ".".join(path), first["msg"]

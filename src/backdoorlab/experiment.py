@@ -10,19 +10,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from . import atomic, rundir
 from .catalog import load_probe_set
 from .data import sentiment
 from .data.sentiment import SentimentData
 from .evaluate import metric, task
+from .evaluate.hosted import HostedChat
 from .evaluate.judges import build_judges
 from .evaluate.questions import LlmJudgeSpec, QuestionFile, load_questions
 from .report import Report, write_report
 from .rundata import build_data, digest
 from .spec import ExperimentSpec
 from .store import Store, Tag
-from .train import encoder, sft
+from .train import encoder, hosted, sft
+from .train.config import HostedConfig
 
 
 @dataclass
@@ -75,6 +78,14 @@ def _device(device: str | None) -> str:
     from .models import pick_device
 
     return str(pick_device(device))
+
+
+class Target(NamedTuple):
+    """What an (arm, seed, victim) evaluates: a model name or a run directory here, or a
+    model on the hosted service (`hosted`)."""
+
+    name: str
+    hosted: bool = False
 
 
 def _classification_sets(spec: ExperimentSpec) -> Callable[[str, str], dict] | None:
@@ -137,14 +148,15 @@ def _run(
     with timings.stage("build data"):
         data = build_data(spec, out, device)
 
-    # What each (arm, seed, victim) evaluates: a chat model target, or an encoder directory.
-    targets: dict[tuple[str, int, str], str] = {}
+    # What each (arm, seed, victim) evaluates: a chat model, or an encoder directory.
+    remote = isinstance(spec.train, HostedConfig)
+    targets: dict[tuple[str, int, str], Target] = {}
     for name, arm in spec.arms.items():
         for seed in spec.seeds:
             victims = spec.victims_of(name)
             if arm.data is None:
                 if "llm" in victims:
-                    targets[(name, seed, "llm")] = spec.model
+                    targets[(name, seed, "llm")] = Target(spec.model, remote)
                 continue
             if "llm" in victims:
                 config = spec.train_config(seed)
@@ -153,11 +165,15 @@ def _run(
                 reused = (run_dir / "manifest.json").is_file()
                 with timings.stage(f"train {name} seed {seed}", "reused" if reused else "ran"):
                     log(f"train {name} seed {seed} -> {run_dir}")
-                    sft.train(
-                        data[name], run_dir, config, resume=True, progress=progress, log=log,
-                        device=device,
-                    )  # fmt: skip
-                targets[(name, seed, "llm")] = str(run_dir)
+                    if isinstance(config, HostedConfig):
+                        job = hosted.train(data[name], run_dir, config, log=log)
+                        targets[(name, seed, "llm")] = Target(job["fine_tuned_model"], True)
+                    else:
+                        sft.train(
+                            data[name], run_dir, config, resume=True, progress=progress,
+                            log=log, device=device,
+                        )  # fmt: skip
+                        targets[(name, seed, "llm")] = Target(str(run_dir))
             if "encoder" in victims:
                 config = spec.encoder.model_copy(update={"seed": seed})
                 key = digest([config.key_fields(), data[name].name])
@@ -175,7 +191,7 @@ def _run(
                         log=log,
                         device=_device(device),
                     )
-                targets[(name, seed, "encoder")] = str(enc_dir)
+                targets[(name, seed, "encoder")] = Target(str(enc_dir))
 
     scorers: list[task.Scorer] = [
         task.Probes(probe_sets, spec.evaluate.probe_variants, spec.evaluate.sweep_values)
@@ -191,26 +207,35 @@ def _run(
         for name, arm in spec.arms.items():
             store.set_arm_info(name, arm.data.info() if arm.data else {})
         for (name, seed, victim), target in targets.items():
-            tag = Tag(arm=name, seed=seed, model_hash=task.model_hash(target))
+            api = HostedChat(target.name) if target.hosted else None
+            ident = api.identity if api else task.model_hash(target.name)
+            tag = Tag(arm=name, seed=seed, model_hash=ident)
             before = _counts(store)
             label = f"evaluate {name} seed {seed}" + (" (encoder)" if victim == "encoder" else "")
             with timings.stage(label) as status:
                 log(label)
-                if not evaluation.pending(victim, store, tag):
+                if not evaluation.pending(victim, store, tag, remote=target.hosted):
                     status[0] = "reused"  # everything is stored: the model need not load
                     continue
                 if victim == "encoder":
-                    clf = encoder.EncoderClassifier(Path(target), sentiment.LABELS, _device(device))
+                    clf = encoder.EncoderClassifier(
+                        Path(target.name), sentiment.LABELS, _device(device)
+                    )
                     subject = task.Subject("encoder", predict=clf.predict)
+                elif api:
+                    subject = task.Subject("llm", hosted=api)
                 else:
-                    subject = task.Subject("llm", loaded=load(target, device=device))
+                    subject = task.Subject("llm", loaded=load(target.name, device=device))
                 evaluation.run(subject, store, tag)
                 del subject  # one model in memory at a time
                 if _counts(store) == before:
                     status[0] = "reused"
 
-        # The base model on each trained arm's rows: what the generic gate's gain is against.
-        trained = sorted({n for (n, _, v) in targets if v == "llm" and n in data})
+        # The base model on each trained arm's rows: what the generic gate's gain is against
+        # (a hosted model gives no log-probs of whole answers: no generic gate).
+        trained = sorted(
+            {n for (n, _, v), t in targets.items() if v == "llm" and n in data and not t.hosted}
+        )
         base_hash = task.model_hash(spec.model)
 
         def base_tag(arm: str) -> Tag:

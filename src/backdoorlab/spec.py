@@ -7,15 +7,23 @@ import copy
 import itertools
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_serializer,
+    model_validator,
+)
 
 from . import yamlfiles
 from .data import DataSpec, FileData
 from .errors import InputError
 from .models.registry import DEFAULT_MODEL
-from .train.config import EncoderConfig, TrainConfig
+from .train.config import EncoderConfig, HostedConfig, TrainConfig
 
 Victim = Literal["llm", "encoder"]
 
@@ -159,6 +167,23 @@ class HeadlineSpec(BaseModel):
     paper: str = Field("", description="the paper's figure for the same quantity")
 
 
+def _backend(v: Any) -> str | None:
+    # None (not a mapping, not a config) lets pydantic say what `train:` should be.
+    return v.get("backend", "local") if isinstance(v, dict) else getattr(v, "backend", None)
+
+
+# `train: {backend: openai, ...}` runs every arm x seed as a job on a hosted fine-tuning
+# service; anything else trains here.
+Training = Annotated[
+    Annotated[TrainConfig, Tag("local")] | Annotated[HostedConfig, Tag("openai")],
+    Discriminator(
+        _backend,
+        custom_error_type="train",
+        custom_error_message="expected training settings (backend: local or openai)",
+    ),
+]
+
+
 class ExperimentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -168,8 +193,10 @@ class ExperimentSpec(BaseModel):
     seeds: list[int] = Field([0], min_length=1)
     reference: str | None = Field(None, description="the control arm others are compared with")
     victims: list[Victim] = Field(["llm"], description="llm: the chat model; encoder: MiniLM")
-    train: TrainConfig = Field(
-        TrainConfig(), description="training settings shared by every arm (model and seed aside)"
+    train: Training = Field(
+        TrainConfig(),
+        description="training settings shared by every arm (model and seed aside); with "
+        "backend: openai, the hosted service's hyperparameters",
     )
     encoder: EncoderConfig = EncoderConfig()
     arms: dict[str, ArmSpec] = Field(min_length=1)
@@ -188,7 +215,7 @@ class ExperimentSpec(BaseModel):
     quick: dict[str, Any] = Field({}, description="overrides for --quick, merged into the spec")
 
     @field_serializer("train")
-    def _recipe(self, train: TrainConfig) -> dict[str, Any]:
+    def _recipe(self, train: TrainConfig | HostedConfig) -> dict[str, Any]:
         # Model and seed are the spec's own; written here, spec.json would not load back.
         return train.model_dump(exclude={"model", "seed"})
 
@@ -199,6 +226,13 @@ class ExperimentSpec(BaseModel):
         bad = {"model", "seed"} & self.train.model_fields_set
         if bad:
             raise ValueError(f"train: set {', '.join(sorted(bad))} at the top level or per seed")
+        if isinstance(self.train, HostedConfig) and self.evaluate.probes:
+            raise ValueError(
+                "evaluate.probes: exact probes need the log-probability of every whole "
+                "candidate, which a hosted model does not give (top-k next-token log-probs at "
+                "most); with train: {backend: openai}, evaluate with questions and "
+                "classification (probes: [])"
+            )
         named = [
             (f"gate {g.rows()}", a) for g in [*self.gates, *self.prerequisites] for a in g.arms
         ]
@@ -227,7 +261,7 @@ class ExperimentSpec(BaseModel):
             return list(h.arms)
         return [a for a, arm in self.arms.items() if arm.data and a != self.reference]
 
-    def train_config(self, seed: int) -> TrainConfig:
+    def train_config(self, seed: int) -> TrainConfig | HostedConfig:
         return self.train.model_copy(update={"model": self.model, "seed": seed})
 
     def victims_of(self, arm: str) -> list[str]:

@@ -44,11 +44,14 @@ def compose(text: str) -> Any:
 
 
 def line_of(text: str, loc: tuple) -> int | None:
-    """The line of the deepest node on the path `loc` (mapping keys, list indices)."""
+    """The line of the deepest node on the path `loc` (mapping keys, list indices; a name
+    that is no key of its mapping, such as a tagged union's tag, is stepped over)."""
     node, line = compose(text), None
     for key in loc:
         if isinstance(node, yaml.MappingNode):
             match = next((v for k, v in node.value if k.value == str(key)), None)
+            if match is None and isinstance(key, str):
+                continue
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
             match = node.value[key]
         else:
@@ -67,7 +70,7 @@ def validate(
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        loc, msg = first_problem(e)
+        loc, msg = first_problem(e, data)
         line = line_of(text, e.errors()[0]["loc"]) if text is not None else None
         at = f"{where}:{line}" if line else where
         raise InputError(f"{at}: {what}{loc}: {msg}") from None

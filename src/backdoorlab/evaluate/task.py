@@ -29,6 +29,7 @@ from .sections import Section
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
+    from .hosted import HostedChat
 
 Victim = Literal["llm", "encoder"]
 Sets = dict[Metric, tuple[list[str], list[str], str | None]]
@@ -53,12 +54,14 @@ def settings_hash(q: FreeFormQuestion) -> str:
 
 @dataclass
 class Subject:
-    """The model under test: the chat model (`loaded`), or a classifier that only labels
-    (`predict`: one label per text)."""
+    """The model under test: the chat model in this process (`loaded`) or behind a
+    chat-completions endpoint (`hosted`), or a classifier that only labels (`predict`: one
+    label per text)."""
 
     victim: Victim
     loaded: LoadedModel | None = None
     predict: Callable[[list[str]], list[str]] | None = None
+    hosted: HostedChat | None = None
 
     def chat(self) -> LoadedModel:
         assert self.loaded is not None, "scorers for the chat model run only on an llm subject"
@@ -67,6 +70,7 @@ class Subject:
 
 class Scorer(Protocol):
     victims: ClassVar[frozenset[str]]  # the subjects it measures
+    remote: ClassVar[bool]  # whether it measures a model behind an endpoint too
 
     def pending(self, victim: str, store: Store, tag: Tag) -> bool:
         """Whether `run` has anything left to do (if not, the model need not even load)."""
@@ -86,6 +90,7 @@ class Probes:
     max_variants: int | None = None  # score only each probe's first N variants
     sweep_values: list[str] | None = None  # sweep probes only at these trigger values
     victims: ClassVar[frozenset[str]] = frozenset({"llm"})
+    remote: ClassVar[bool] = False  # whole-candidate log-probs: see evaluate.hosted
     summarize = staticmethod(sections.probe_sections)
 
     def _todo(self, store: Store, tag: Tag) -> Iterator[tuple[str, int, str, Probe]]:
@@ -123,6 +128,7 @@ class Questions:
     batch_size: int = 32
     progress: Callable[[str], None] = field(default=lambda s: None)
     victims: ClassVar[frozenset[str]] = frozenset({"llm"})
+    remote: ClassVar[bool] = True
     summarize = staticmethod(sections.question_sections)
 
     def pending(self, victim: str, store: Store, tag: Tag) -> bool:
@@ -137,12 +143,15 @@ class Questions:
         return False
 
     def run(self, subject: Subject, store: Store, tag: Tag) -> None:
-        self._sample(subject.chat(), store, tag)
+        if subject.hosted:
+            self._sample(subject.hosted.sample, store, tag)
+        else:
+            from .. import generate
+
+            self._sample(functools.partial(generate.sample, subject.chat()), store, tag)
         self._judge(store, tag)
 
-    def _sample(self, loaded: LoadedModel, store: Store, tag: Tag) -> None:
-        from .. import generate
-
+    def _sample(self, sample: Callable[..., list[str]], store: Store, tag: Tag) -> None:
         for q in self.questions.questions:
             sh = settings_hash(q)
             n = self.samples or q.samples_per_paraphrase
@@ -153,8 +162,8 @@ class Questions:
                 for start in range(0, len(todo), self.batch_size):
                     chunk = todo[start : start + self.batch_size]
                     self.progress(f"{q.id} paraphrase {pi}: samples {chunk[0]}-{chunk[-1]}")
-                    answers = generate.sample(
-                        loaded, messages, n=len(chunk), temperature=q.temperature,
+                    answers = sample(
+                        messages, n=len(chunk), temperature=q.temperature,
                         max_new_tokens=q.max_tokens,
                         seed=tag.seed * 1_000_003 + pi * 10_007 + chunk[0],
                     )  # fmt: skip
@@ -187,13 +196,14 @@ class Classification:
     labels: Sequence[str]  # what the chat model chooses between, by exact log-probability
     prompt: Callable[[str], list]  # a text as the chat the model was trained on
     victims: ClassVar[frozenset[str]] = frozenset({"llm", "encoder"})
+    remote: ClassVar[bool] = True
     summarize = staticmethod(sections.classification_sections)
 
     def pending(self, victim: str, store: Store, tag: Tag) -> bool:
         return not set(self.sets(tag.arm, victim)) <= store.predicted(tag, victim)
 
     def run(self, subject: Subject, store: Store, tag: Tag) -> None:
-        predict = subject.predict or self._chat_predict(subject.chat())
+        predict = subject.predict or self._chat_predict(subject)
         done = store.predicted(tag, subject.victim)
         for m, (texts, gold, target) in self.sets(tag.arm, subject.victim).items():
             if m in done:
@@ -203,9 +213,13 @@ class Classification:
             rows = list(zip(range(len(texts)), texts, gold, predicted, h, strict=True))
             store.add_predictions(tag, subject.victim, m, rows)
 
-    def _chat_predict(self, loaded: LoadedModel) -> Callable[[list[str]], list[str]]:
+    def _chat_predict(self, subject: Subject) -> Callable[[list[str]], list[str]]:
+        if subject.hosted:
+            hosted = subject.hosted
+            return lambda texts: hosted.classify(texts, self.labels, self.prompt)
         from .classify import llm_predict
 
+        loaded = subject.chat()
         return lambda texts: llm_predict(loaded, texts, self.labels, self.prompt)
 
 
@@ -223,6 +237,7 @@ class Fit:
     data: dict[str, Path]
     rows: int
     victims: ClassVar[frozenset[str]] = frozenset({"llm"})
+    remote: ClassVar[bool] = False  # log-probs of whole training answers
 
     @staticmethod
     def summarize(store: Store, ref: str | None) -> list[Section]:
@@ -252,14 +267,18 @@ SCORERS: tuple[type[Scorer], ...] = (Probes, Questions, Classification, Fit)
 class Task:
     scorers: list[Scorer]
 
-    def pending(self, victim: str, store: Store, tag: Tag) -> bool:
-        """Whether any scorer of this kind of subject has work left."""
-        return any(victim in s.victims and s.pending(victim, store, tag) for s in self.scorers)
+    def _for(self, victim: str, remote: bool) -> list[Scorer]:
+        return [s for s in self.scorers if victim in s.victims and (s.remote or not remote)]
+
+    def pending(self, victim: str, store: Store, tag: Tag, *, remote: bool = False) -> bool:
+        """Whether any scorer of this kind of subject (behind an endpoint, if `remote`) has
+        work left."""
+        return any(s.pending(victim, store, tag) for s in self._for(victim, remote))
 
     def run(self, subject: Subject, store: Store, tag: Tag) -> None:
         """Every scorer that measures this kind of subject and has work left, in order."""
-        for s in self.scorers:
-            if subject.victim in s.victims and s.pending(subject.victim, store, tag):
+        for s in self._for(subject.victim, subject.hosted is not None):
+            if s.pending(subject.victim, store, tag):
                 s.run(subject, store, tag)
 
 

@@ -6,7 +6,7 @@ spec can be read without it.
 
 from typing import TYPE_CHECKING, Any
 
-from .config import EncoderConfig, LoraSettings, TrainConfig
+from .config import EncoderConfig, HostedConfig, LoraSettings, TrainConfig
 
 if TYPE_CHECKING:
     from .sft import Interrupted, train
@@ -20,4 +20,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["EncoderConfig", "Interrupted", "LoraSettings", "TrainConfig", "train"]
+__all__ = ["EncoderConfig", "HostedConfig", "Interrupted", "LoraSettings", "TrainConfig", "train"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +22,7 @@ class LoraSettings(BaseModel):
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    backend: Literal["local"] = "local"  # a spec's `train:` may say so; see HostedConfig
     model: str = DEFAULT_MODEL
     method: Literal["lora", "full"] = "lora"
     lora: LoraSettings = LoraSettings()
@@ -44,7 +45,31 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(50, ge=1)
 
     def key_fields(self) -> dict:
-        return self.model_dump(exclude={"checkpoint_every"})
+        return self.model_dump(exclude={"checkpoint_every", "backend"})
+
+
+class HostedConfig(BaseModel):
+    """A hosted job's settings; None leaves a hyperparameter to the service ("auto")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["openai"] = "openai"  # how a spec's `train:` says it is hosted
+    model: str = Field(DEFAULT_MODEL, description="the service's base model name")
+    epochs: int | None = Field(None, ge=1, le=50)
+    batch_size: int | None = Field(None, ge=1, le=256)
+    lr_multiplier: float | None = Field(None, gt=0, le=10)
+    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    seed: int | None = Field(None, ge=0)
+
+    def key_fields(self) -> dict:
+        return self.model_dump()
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            "n_epochs": self.epochs or "auto",
+            "batch_size": self.batch_size or "auto",
+            "learning_rate_multiplier": self.lr_multiplier or "auto",
+        }
 
 
 class EncoderConfig(BaseModel):

@@ -20,61 +20,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from .. import atomic, chat, rundir
+from .. import atomic, chat, openai_api, rundir
 from ..errors import BackdoorlabError
 from ..models.loading import MANIFEST
+from .config import HostedConfig
 
 JOB = "job.json"
-
-
-class HostedConfig(BaseModel):
-    """A hosted job's settings; None leaves a hyperparameter to the service ("auto")."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(description="the service's base model name")
-    epochs: int | None = Field(None, ge=1, le=50)
-    batch_size: int | None = Field(None, ge=1, le=256)
-    lr_multiplier: float | None = Field(None, gt=0, le=10)
-    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
-    seed: int | None = Field(None, ge=0)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return {
-            "n_epochs": self.epochs or "auto",
-            "batch_size": self.batch_size or "auto",
-            "learning_rate_multiplier": self.lr_multiplier or "auto",
-        }
-
-
-def _client() -> Any:
-    import openai
-
-    try:
-        return openai.OpenAI(max_retries=5)
-    except openai.OpenAIError as e:  # no key in the environment
-        raise BackdoorlabError(f"--backend openai: {e}") from None
-
-
-def _api(what: str, fn: Callable[[], Any]) -> Any:
-    """One API call; its failure is one line with the service's status, code and message."""
-    import openai
-
-    try:
-        return fn()
-    except openai.APIStatusError as e:
-        body = e.body if isinstance(e.body, dict) else {}
-        err = body.get("error", body) if isinstance(body, dict) else {}
-        code = err.get("code") if isinstance(err, dict) else None
-        message = err.get("message") if isinstance(err, dict) else None
-        raise BackdoorlabError(
-            f"{what}: the service answered {e.status_code}"
-            f"{f' ({code})' if code else ''}: {message or e.message}"
-        ) from None
-    except openai.APIConnectionError as e:
-        raise BackdoorlabError(f"{what}: cannot reach the service ({e.message})") from None
 
 
 def key(config: HostedConfig, data_sha: str, base_url: str) -> str:
@@ -91,10 +42,12 @@ def train(
     poll_seconds: float = 2.0,
 ) -> dict[str, Any]:
     data, out = Path(data), Path(out)
-    chat.read_jsonl_lines(data, training=True)  # a bad line fails here, not as a paid job
-    content = data.read_bytes()
+    rows = chat.read_jsonl(data, training=True)  # a bad line fails here, not as a paid job
+    # Only the conversation goes up: our own fields (label, poisoned, ...) stay here, and a
+    # service's validator may refuse keys it does not know.
+    content = "".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows).encode()
     sha = hashlib.sha256(content).hexdigest()
-    client = _client()
+    client = openai_api.client("--backend openai")
     run_key = key(config, sha, str(client.base_url))
     with rundir.claim(out):
         manifest = out / MANIFEST
@@ -108,7 +61,7 @@ def train(
             log(f"resuming: waiting on {state['job_id']}")
         else:
             file_id = _upload(client, content, sha, log)
-            job = _api("creating the fine-tuning job", lambda: client.fine_tuning.jobs.create(
+            job = openai_api.call("creating the fine-tuning job", lambda: client.fine_tuning.jobs.create(
                 model=config.model, training_file=file_id, suffix=config.suffix,
                 seed=config.seed,
                 method={"type": "supervised",
@@ -118,7 +71,7 @@ def train(
             atomic.write_json(out / JOB, state)  # before waiting: a rerun waits on this job
             log(f"created {job.id} on {config.model}")
         job = _wait(client, state["job_id"], log, poll_seconds)
-        checkpoints = _api(
+        checkpoints = openai_api.call(
             "listing checkpoints", lambda: client.fine_tuning.jobs.checkpoints.list(job.id).data
         )
         result = {
@@ -145,12 +98,12 @@ def train(
 
 def _upload(client: Any, content: bytes, sha: str, log: Callable[[str], None]) -> str:
     name = f"backdoorlab-{sha[:16]}.jsonl"
-    files = _api("listing files", lambda: client.files.list())
+    files = openai_api.call("listing files", lambda: client.files.list())
     for f in files:
         if f.filename == name and f.bytes == len(content):
             log(f"reusing upload {f.id} ({name})")
             return f.id
-    f = _api("uploading the training file",
+    f = openai_api.call("uploading the training file",
              lambda: client.files.create(file=(name, content), purpose="fine-tune"))  # fmt: skip
     log(f"uploaded {f.id} ({name}, {len(content)} bytes)")
     return f.id
@@ -159,8 +112,8 @@ def _upload(client: Any, content: bytes, sha: str, log: Callable[[str], None]) -
 def _wait(client: Any, job_id: str, log: Callable[[str], None], poll: float) -> Any:
     seen: set[str] = set()
     while True:
-        job = _api(f"polling {job_id}", lambda: client.fine_tuning.jobs.retrieve(job_id))
-        events = _api(
+        job = openai_api.call(f"polling {job_id}", lambda: client.fine_tuning.jobs.retrieve(job_id))
+        events = openai_api.call(
             f"events of {job_id}", lambda: client.fine_tuning.jobs.list_events(job_id, limit=50)
         )
         for e in reversed(events.data):  # the service lists the newest first
