@@ -253,3 +253,10 @@ def test_ablating_the_trigger_direction_and_fine_pruning(tmp_path):
         block.intermediate.dense.weight[neurons] += 1.0  # as if fine-tuning regrew them
     again = repair.prune_dormant(clf, None, 0.25, neurons=neurons)
     assert torch.equal(again, neurons) and block.intermediate.dense.bias[neurons].abs().sum() == 0
+
+
+def test_every_defense_a_spec_may_name_is_registered_once():
+    from backdoorlab.defenses.matrix import REGISTRY
+    from backdoorlab.spec import DEFENSES
+
+    assert sorted(REGISTRY) == sorted(DEFENSES)
