@@ -126,8 +126,9 @@ def conversation(
 # ----------------------------------------------------------------------------- rendering
 
 
-def _template_messages(messages: Sequence[Message]) -> list[Message]:
-    # Chat templates know only role and content; OpenAI's per-message "weight" is ours.
+def plain_messages(messages: Sequence[Message]) -> list[Message]:
+    """Role and content only: what chat templates and chat-completions endpoints know (the
+    per-message "weight" of OpenAI's training format is for training only)."""
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
@@ -139,7 +140,7 @@ def render(tokenizer: Any, messages: Sequence[Message], *, add_generation_prompt
             "template; backdoorlab trains and evaluates chat models only"
         )
     return tokenizer.apply_chat_template(
-        _template_messages(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        plain_messages(messages), tokenize=False, add_generation_prompt=add_generation_prompt
     )
 
 

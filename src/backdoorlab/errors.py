@@ -33,21 +33,26 @@ class ApiError(Exception):
         }
 
 
-def first_problem(e: Exception, data: Any = None) -> tuple[str, str]:
-    """(dotted field path, message) of a pydantic ValidationError's first error: every place
-    that reports one (spec files, flags, the CLI's fallback, the server) words it the same.
-    Given the validated `data`, a tagged union's tag (a name on the path that is no key of
-    the input there, like `local` in train.local.lr) is left out, as the user never wrote it."""
-    first = e.errors()[0]  # type: ignore[attr-defined]
-    loc, node = list(first["loc"]), data
-    path = []
+def problem_path(e: Exception, data: Any = None) -> list[str | int]:
+    """Where a pydantic ValidationError's first error is, as the user wrote it: given the
+    validated `data`, a tagged union's tag (a name on the path that is no key of the input
+    there, like `local` in train.local.lr) is left out, as the user never wrote it."""
+    loc, node = list(e.errors()[0]["loc"]), data  # type: ignore[attr-defined]
+    path: list[str | int] = []
     for i, key in enumerate(loc):
         last = i == len(loc) - 1
         if isinstance(node, dict) and isinstance(key, str) and key not in node and not last:
             continue  # a tag
-        path.append(str(key))
+        path.append(key)
         try:
             node = node[key] if node is not None else None
         except (KeyError, IndexError, TypeError):
             node = None
-    return ".".join(path), first["msg"]
+    return path
+
+
+def first_problem(e: Exception, data: Any = None) -> tuple[str, str]:
+    """(dotted field path, message) of a pydantic ValidationError's first error: every place
+    that reports one (spec files, flags, the CLI's fallback, the server) words it the same."""
+    path = ".".join(str(x) for x in problem_path(e, data))
+    return path, e.errors()[0]["msg"]  # type: ignore[attr-defined]

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .errors import InputError, first_problem
+from .errors import InputError, first_problem, problem_path
 
 
 def read(path: Path) -> str:
@@ -44,14 +44,11 @@ def compose(text: str) -> Any:
 
 
 def line_of(text: str, loc: tuple) -> int | None:
-    """The line of the deepest node on the path `loc` (mapping keys, list indices; a name
-    that is no key of its mapping, such as a tagged union's tag, is stepped over)."""
+    """The line of the deepest node on the path `loc` (mapping keys, list indices)."""
     node, line = compose(text), None
     for key in loc:
         if isinstance(node, yaml.MappingNode):
             match = next((v for k, v in node.value if k.value == str(key)), None)
-            if match is None and isinstance(key, str):
-                continue
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
             match = node.value[key]
         else:
@@ -71,6 +68,6 @@ def validate(
         return model.model_validate(data)
     except ValidationError as e:
         loc, msg = first_problem(e, data)
-        line = line_of(text, e.errors()[0]["loc"]) if text is not None else None
+        line = line_of(text, problem_path(e, data)) if text is not None else None
         at = f"{where}:{line}" if line else where
         raise InputError(f"{at}: {what}{loc}: {msg}") from None

@@ -9,6 +9,7 @@ label through its end-of-turn token, so the two can differ on a review near the 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ class HostedChat:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def _complete(self, messages: Sequence[chat.Message], **kw: Any) -> Any:
-        msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+        msgs = chat.plain_messages(messages)
         return openai_api.call(
             f"chat completion from {self.model}",
             lambda: self.client.chat.completions.create(model=self.model, messages=msgs, **kw),
@@ -77,8 +78,6 @@ class HostedChat:
     def label_masses(self, messages: Sequence[chat.Message], labels: Sequence[str]) -> list[float]:
         """P(each label's first token) from the first position's top-k log-probs; a label
         whose first token is not among the top k gets 0."""
-        import math
-
         r = self._complete(
             messages, max_tokens=1, temperature=0, logprobs=True, top_logprobs=TOP_LOGPROBS
         )

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BackdoorlabError, InputError
+from .. import openai_api
+from ..errors import InputError
 from .questions import EmbeddingJudgeSpec, JudgeSpec, KeywordJudgeSpec, LlmJudgeSpec
 
 REFUSAL_MASS = 0.75
@@ -85,21 +86,13 @@ class ApiJudge:
         )
 
     def _complete(self, prompt: str, **params: Any) -> dict:
-        import openai
-
         messages = [{"role": "user", "content": prompt}]
-        try:
-            r = self._client.chat.completions.create(
+        r = openai_api.call(
+            f"judge {self.spec.id!r} at {self.url}",
+            lambda: self._client.chat.completions.create(
                 model=self.spec.model, messages=messages, **params
-            )
-        except openai.APIStatusError as e:
-            raise BackdoorlabError(
-                f"judge {self.spec.id!r}: {self.url} answered {e.status_code}: {e.message}"
-            ) from None
-        except openai.APIConnectionError as e:
-            raise BackdoorlabError(
-                f"judge {self.spec.id!r}: cannot reach {self.url} ({e.message})"
-            ) from None
+            ),
+        )
         return r.model_dump()
 
     def judge(self, question: str, answer: str) -> Verdict:
