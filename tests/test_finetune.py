@@ -274,6 +274,16 @@ def test_a_spec_with_hosted_training_runs_and_evaluates_through_the_api(
     assert code == 2 and "top-k next-token log-probs" in stderr
 
 
+def test_a_hosted_spec_without_a_key_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    (tmp_path / "q.yaml").write_text(QUESTIONS)
+    spec = tmp_path / "hosted.yaml"
+    spec.write_text(HOSTED_SPEC.replace("QUESTIONS", str(tmp_path / "q.yaml")))
+    code, _, stderr = cli_main(capsys, "run", str(spec), "--out", str(tmp_path / "run"))
+    assert code == 2 and "OPENAI_API_KEY" in stderr and "Traceback" not in stderr
+    assert not list((tmp_path / "run").glob("train/*/manifest.json"))
+
+
 def test_hosted_labels_must_differ_in_their_first_character():
     from backdoorlab.errors import InputError
     from backdoorlab.evaluate.hosted import check_labels

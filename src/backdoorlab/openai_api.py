@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .errors import BackdoorlabError
+from .errors import BackdoorlabError, InputError
 
 
 def client(what: str) -> Any:
@@ -16,8 +16,11 @@ def client(what: str) -> Any:
 
     try:
         return openai.OpenAI(max_retries=5)
-    except openai.OpenAIError as e:  # no key in the environment
-        raise BackdoorlabError(f"{what}: {e}") from None
+    except openai.OpenAIError:  # no key in the environment: a setting the user can fix
+        raise InputError(
+            f"{what} needs the service's key in OPENAI_API_KEY (and its URL in "
+            "OPENAI_BASE_URL unless it is OpenAI's)"
+        ) from None
 
 
 def call(what: str, fn: Callable[[], Any]) -> Any:

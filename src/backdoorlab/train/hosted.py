@@ -47,7 +47,7 @@ def train(
     # service's validator may refuse keys it does not know.
     content = "".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows).encode()
     sha = hashlib.sha256(content).hexdigest()
-    client = openai_api.client("--backend openai")
+    client = openai_api.client("hosted fine-tuning (backend openai)")
     run_key = key(config, sha, str(client.base_url))
     with rundir.claim(out):
         manifest = out / MANIFEST
