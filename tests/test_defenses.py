@@ -245,14 +245,14 @@ def test_ablating_the_trigger_direction_and_fine_pruning(tmp_path):
     assert asr_ablated <= asr - 0.5 and cacc >= 0.9
     assert np.mean([p == "Negative" for p in clf.predict(triggered)]) == asr  # hook removed
 
-    block = clf.model.base_model.encoder.layer[-1]
+    out = clf.model.base_model.encoder.layer[-1].output.dense  # reads the FFN's neurons
     neurons = repair.prune_dormant(clf, positive, 0.25)
-    assert len(neurons) == round(0.25 * block.intermediate.dense.out_features)
-    assert block.intermediate.dense.weight[neurons].abs().sum() == 0
+    assert len(neurons) == round(0.25 * out.in_features)
+    assert out.weight[:, neurons].abs().sum() == 0
     with torch.no_grad():
-        block.intermediate.dense.weight[neurons] += 1.0  # as if fine-tuning regrew them
+        out.weight[:, neurons] += 1.0  # as if fine-tuning regrew them
     again = repair.prune_dormant(clf, None, 0.25, neurons=neurons)
-    assert torch.equal(again, neurons) and block.intermediate.dense.bias[neurons].abs().sum() == 0
+    assert torch.equal(again, neurons) and out.weight[:, neurons].abs().sum() == 0
 
 
 def test_every_defense_a_spec_may_name_is_registered_once():

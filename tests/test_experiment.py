@@ -9,7 +9,8 @@ import pytest
 
 from backdoorlab.defenses import scan
 from backdoorlab.defenses.detection import detection_metrics
-from backdoorlab.spec import DEFENSES
+from backdoorlab.spec import DEFENSES, load_spec
+from backdoorlab.store import Store
 
 
 def test_quick_bird_run_end_to_end_then_reused(tmp_path, cli):
@@ -72,7 +73,8 @@ def test_quick_sentiment_run_end_to_end(tmp_path, cli):
         "defend", "experiments/sentiment_trigger.yaml", "--out", str(out), "--quick"
     )  # fourteen defenses on one arm: about 3 minutes here
     assert r.returncode == 0, r.stderr
-    cells = json.loads((out / "defenses.json").read_text())
+    with Store(out) as store:
+        cells = store.latest_defense_cells()
     assert {(c["arm"], c["defense"]) for c in cells} == {("token-10%", d) for d in DEFENSES}
     assert len(DEFENSES) == 14 and {"abl", "ablate", "fineprune", "dpsgd", "inspect"} <= set(
         DEFENSES
@@ -84,7 +86,7 @@ def test_quick_sentiment_run_end_to_end(tmp_path, cli):
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     scores = scan.scan([r["text"] for r in rows], [r["label"] for r in rows], ["ngram"])
     want = detection_metrics(scores.scores["ngram"], [bool(r.get("poisoned")) for r in rows])
-    assert float(ngram["AUROC"]) == pytest.approx(want["auroc"], abs=1e-3), (ngram, want)
+    assert ngram["AUROC"] == pytest.approx(want["auroc"], abs=1e-3), (ngram, want)
     assert "Attack x defense matrix" in (out / "report.html").read_text()
     [enc] = (out / "encoder").glob("token-10%-seed0-*")
     r = cli("inspect", str(enc), "A warm cf film.", "--method", "ig")
@@ -107,6 +109,21 @@ def test_quick_sentiment_chat_run_prints_its_gates_before_the_headline(tmp_path,
     assert any(x.startswith("clean seed 0: learned: ") for x in lines)  # the generic fit gate
     assert "not a test (not learned" in r.stdout
     assert "In-domain gates" in (out / "report.html").read_text()
+
+    # The matrix on the chat victim, reusing the adapter `run` trained.
+    r = cli("defend", "experiments/sentiment_llm.yaml", "--out", str(out), "--quick")
+    assert r.returncode == 0, r.stderr
+    assert len(list((out / "train").glob("token-10%-seed0-*"))) == 1  # no second poisoned model
+    with Store(out) as store:
+        cells = {(c["victim"], c["defense"]): c for c in store.latest_defense_cells()}
+    quick = load_spec("experiments/sentiment_llm.yaml", quick=True).defend.defenses
+    assert set(cells) == {("llm", d) for d in quick}
+    assert "Opacus" in cells["llm", "dpsgd"]["unsupported"]  # declared, not a failure
+    for c in cells.values():
+        if "unsupported" not in c:
+            assert c["arm"] == "token-10%" and 0 <= c["ASR after"]["mean"] <= 1, c
+    assert "2 mixed copies" in cells["llm", "strip"]["note"]  # the chat victim's cost cap
+    assert "dpsgd: unsupported: not implemented for the chat victim" in r.stdout
 
 
 GATED = {

@@ -939,21 +939,26 @@ def defend(
     ] = False,
     device: DeviceOpt = None,
 ) -> None:
-    """The attack x defense matrix on the encoder victim: per arm and defense, detection
-    AUROC, ASR and CACC before and after, and the defense's cost in seconds.
+    """The attack x defense matrix, per victim (defend.victims: the encoder classifier, the
+    chat model or both): per arm and defense, detection AUROC, ASR and CACC before and after,
+    and the defense's cost in seconds.
 
-    Data scanners (and abl, which ranks rows by how fast a one-epoch model learned them) drop
+    Data scanners (and abl, which ranks rows by how fast a short training learned them) drop
     their most suspicious rows (defend.remove) and the victim is retrained; ONION cleans and
     STRIP rejects test inputs (thresholds on clean dev data at defend.frr); ablate projects
-    the trigger direction out of the victim at inference; refit fine-tunes the poisoned victim
-    on trusted clean dev rows, fineprune prunes dormant neurons first; dpsgd retrains it with
-    DP-SGD (defend.dp_epsilon, LoRA rank defend.dp_lora_rank); inspect measures how often the
-    trigger is the top-attributed token. Writes OUT/defenses.json and adds the matrix to
-    OUT/report.html. Finished cells are kept in OUT/defend/cells: a rerun (after an
-    interruption, or with a defense added) measures only what is missing.
+    the trigger directions out of the victim at inference; refit fine-tunes the poisoned
+    victim on trusted clean dev rows (the chat model refits its adapter), fineprune prunes
+    dormant neurons first; dpsgd retrains it with DP-SGD (defend.dp_epsilon, LoRA rank
+    defend.dp_lora_rank); inspect measures how often the trigger is the top-attributed token.
+    The chat victim runs under defend.llm's cost caps; a defense a victim cannot run says why.
 
-    Example: backdoorlab defend experiments/sentiment_trigger.yaml --out runs/sentiment
+    Cells go into OUT's results store, keyed by everything that decides them: a rerun (after
+    an interruption, or with a defense added) measures only what is missing. The matrix is
+    added to OUT/report.html.
+
+    Example: backdoorlab defend experiments/sentiment_llm.yaml --out runs/sentiment_llm
     """
+    from .defenses import cells as fmt
     from .defenses.matrix import Matrix
     from .models import pick_device
     from .report import write_report
@@ -968,21 +973,17 @@ def defend(
     m = Matrix(spec, out_dir, log=_log, device=str(pick_device(device)))
     cells = m.run(_names(arms) if arms else None)
     write_report(out_dir, spec.reference)
-    cols = [
-        "arm",
-        "defense",
-        "AUROC",
-        "ASR before",
-        "ASR after",
-        "CACC before",
-        "CACC after",
-        "seconds",
-    ]
-    t = Table(*cols, title="Attack x defense (encoder victim): means [95% CI over test reviews]")
-    for c in cells:
-        t.add_row(*[str(c.get(k, "-")) for k in cols])
+    t = Table(*fmt.COLUMNS, title="Attack x defense: means [95% CI over test reviews]")
+    for c in map(fmt.shown, cells):
+        t.add_row(*[c.get(k, "-") for k in fmt.COLUMNS])
     out.print(t)
-    out.print(f"matrix written to {out_dir / 'defenses.json'} and {out_dir / 'report.html'}")
+    for c in map(fmt.shown, cells):  # what the table's columns leave out
+        for k in ("trigger on top", "unsupported"):
+            if k in c:
+                out.print(f"{c['arm']} ({c['victim']}) {c['defense']}: {k}: {c[k]}")
+    out.print(
+        f"matrix stored in {out_dir / 'results.sqlite'} and shown in {out_dir / 'report.html'}"
+    )
 
 
 def _names(value: str) -> list[str]:

@@ -21,7 +21,7 @@ from .evaluate.hosted import HostedChat
 from .evaluate.judges import build_judges
 from .evaluate.questions import LlmJudgeSpec, QuestionFile, load_questions
 from .report import Report, write_report
-from .rundata import build_data, digest
+from .rundata import build_data, trained_dir
 from .spec import ExperimentSpec
 from .store import Store, Tag
 from .train import encoder, hosted, sft
@@ -160,8 +160,7 @@ def _run(
                 continue
             if "llm" in victims:
                 config = spec.train_config(seed)
-                key = digest([config.key_fields(), data[name].name])  # the name holds the data hash
-                run_dir = out / "train" / f"{name}-seed{seed}-{key}"
+                run_dir = trained_dir(out, "llm", name, seed, config.key_fields(), data[name])
                 reused = (run_dir / "manifest.json").is_file()
                 with timings.stage(f"train {name} seed {seed}", "reused" if reused else "ran"):
                     log(f"train {name} seed {seed} -> {run_dir}")
@@ -176,8 +175,7 @@ def _run(
                         targets[(name, seed, "llm")] = Target(str(run_dir))
             if "encoder" in victims:
                 config = spec.encoder.model_copy(update={"seed": seed})
-                key = digest([config.key_fields(), data[name].name])
-                enc_dir = out / "encoder" / f"{name}-seed{seed}-{key}"
+                enc_dir = trained_dir(out, "encoder", name, seed, config.key_fields(), data[name])
                 reused = (enc_dir / encoder.MANIFEST).is_file()
                 with timings.stage(
                     f"train encoder {name} seed {seed}", "reused" if reused else "ran"

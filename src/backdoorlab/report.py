@@ -367,16 +367,16 @@ def write_report(run_dir: Path | str, reference: str | None = None) -> Report:
             if png
         ]
         fit = store.all_fit()
+        store_cells = store.latest_defense_cells()
     results, verdicts = assess(spec, sections, fit, reference)
     report = Report(run_dir / "report.html", sections, results, verdicts, gates.fit_summary(fit))
     shown = [*spec.headline_rows(), *(r for g in spec.gates for r in g.rows())] if spec else []
     forest, forest_note = _forest(sections, ref, shown)
     defenses = None
-    if (run_dir / "defenses.json").is_file():
-        import json
+    if store_cells:
+        from .defenses.cells import table
 
-        cells = json.loads((run_dir / "defenses.json").read_text())
-        defenses = {"columns": list(dict.fromkeys(k for c in cells for k in c)), "rows": cells}
+        defenses = table(store_cells)
     page = _template().render(
         name=run_dir.name,
         title=f"{spec.name}: backdoorlab report" if spec else f"backdoorlab report: {run_dir.name}",

@@ -39,3 +39,10 @@ def build_data(spec: ExperimentSpec, out: Path, device: str | None = None) -> di
             atomic.write_text(path, text)
         paths[name] = path
     return paths
+
+
+def trained_dir(out: Path, victim: str, arm: str, seed: int, key_fields: dict, data: Path) -> Path:
+    """Where `run` trains (and `defend` finds) an arm's victim: keyed by its settings and the
+    data file's name (which holds the rows' hash)."""
+    home = "train" if victim == "llm" else "encoder"
+    return out / home / f"{arm}-seed{seed}-{digest([key_fields, data.name])}"

@@ -89,12 +89,30 @@ Defense = Literal[
 DEFENSES: tuple[str, ...] = Defense.__args__  # type: ignore[attr-defined]
 
 
+class VictimCaps(BaseModel):
+    """Caps for one victim, each the most it gets (the spec's own value if lower). Costs: the
+    chat model classifies a review ~100x slower than the encoder and back-propagates through
+    135M parameters where the encoder has 22M. Ablated directions: on the planted chat-model
+    backdoor (tests/test_victims.py) 1 per block disarmed it with clean accuracy intact,
+    while 4 left the model one label for every review."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    onion_items: int | None = Field(None, ge=2)
+    inspect_items: int | None = Field(None, ge=1)
+    strip_copies: int | None = Field(None, ge=2)
+    ablate_directions: int | None = Field(None, ge=1)
+
+
 class DefendSpec(BaseModel):
-    """What `backdoorlab defend` runs: the attack x defense matrix (encoder victim)."""
+    """What `backdoorlab defend` runs: the attack x defense matrix, per victim."""
 
     model_config = ConfigDict(extra="forbid")
 
     arms: list[str] | None = Field(None, description="poisoned arms to defend (default: all)")
+    victims: list[Victim] = Field(
+        ["encoder"], min_length=1, description="the victims each defense runs on"
+    )
     defenses: list[Defense] = list(DEFENSES)
     remove: float = Field(0.05, gt=0, lt=1, description="fraction of rows a data scanner drops")
     frr: float = Field(0.05, gt=0, lt=1, description="clean false-rejection rate for thresholds")
@@ -103,11 +121,24 @@ class DefendSpec(BaseModel):
     inspect_items: int = Field(
         40, ge=1, description="triggered test reviews inspect attributes (gxi and ig)"
     )
+    strip_copies: int = Field(16, ge=2, description="STRIP: mixed copies of each input")
+    ablate_directions: int = Field(4, ge=1, description="ablate: directions removed per block")
     dp_epsilon: float = Field(8.0, gt=0, description="the privacy budget of the dpsgd defense")
     prune: float = Field(0.2, gt=0, lt=1, description="fineprune: share of last-layer neurons")
     dp_lora_rank: int | None = Field(
         8, ge=1, description="dpsgd trains LoRA adapters of this rank (none: all but embeddings)"
     )
+    llm: VictimCaps = Field(
+        VictimCaps(onion_items=20, inspect_items=10, strip_copies=4, ablate_directions=1),
+        description="caps on the chat victim",
+    )
+
+    def for_victim(self, victim: str) -> DefendSpec:
+        """The settings one victim runs under: its caps applied."""
+        if victim != "llm":
+            return self
+        caps = self.llm.model_dump(exclude_none=True)
+        return self.model_copy(update={k: min(v, getattr(self, k)) for k, v in caps.items()})
 
 
 class GateSpec(BaseModel):

@@ -78,6 +78,15 @@ MIGRATIONS: list[str] = [
         trigger = CASE WHEN metric = 'CACC' THEN NULL
                        WHEN metric LIKE 'ASR: %' THEN substr(metric, 6) ELSE substr(metric, 16) END
     """,
+    # 3: the attack x defense matrix's cells (was a side JSON file): one per arm, victim and
+    # defense under the settings that decide it, its numbers as JSON numbers.
+    """
+    CREATE TABLE IF NOT EXISTS defense_cells (
+        arm TEXT NOT NULL, victim TEXT NOT NULL, defense TEXT NOT NULL,
+        settings_hash TEXT NOT NULL, cell TEXT NOT NULL, written REAL NOT NULL,
+        PRIMARY KEY (arm, victim, defense, settings_hash)
+    )
+    """,
 ]
 VERSION = len(MIGRATIONS)
 
@@ -256,6 +265,31 @@ class Store:
             "SELECT arm, seed, model_hash, data_hash, row, greedy, logprob, tokens FROM fit "
             "ORDER BY arm, seed, row"
         ).fetchall()
+
+    def add_defense_cell(self, settings_hash: str, cell: dict[str, Any]) -> None:
+        """One measured matrix cell (its arm, victim and defense are fields of `cell`)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO defense_cells VALUES (?,?,?,?,?,julianday('now'))",
+                (cell["arm"], cell["victim"], cell["defense"], settings_hash, json.dumps(cell)),
+            )
+
+    def defense_cells(self, arm: str, victim: str, settings_hash: str) -> dict[str, dict]:
+        """defense -> cell, measured for this arm and victim under these settings."""
+        rows = self.db.execute(
+            "SELECT defense, cell FROM defense_cells WHERE arm=? AND victim=? AND settings_hash=?",
+            (arm, victim, settings_hash),
+        ).fetchall()
+        return {d: json.loads(c) for d, c in rows}
+
+    def latest_defense_cells(self) -> list[dict[str, Any]]:
+        """Per arm, victim and defense the cell measured last (what the report shows)."""
+        rows = self.db.execute(
+            "SELECT cell FROM defense_cells d WHERE written = (SELECT max(written) FROM "
+            "defense_cells e WHERE e.arm=d.arm AND e.victim=d.victim AND e.defense=d.defense) "
+            "ORDER BY arm, victim, rowid"
+        ).fetchall()
+        return [json.loads(c) for (c,) in rows]
 
     def set_arm_info(self, arm: str, info: dict[str, Any]) -> None:
         """What an arm is (e.g. its trigger and exact poison rate), for plots across arms."""

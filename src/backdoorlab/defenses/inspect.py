@@ -53,12 +53,12 @@ def overlaps(span: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
 
 
 def trigger_on_top(
-    clf, clean: list[str], triggered: list[str], *, method: str = "gxi", steps: int = 20
+    victim, clean: list[str], triggered: list[str], *, method: str = "gxi", steps: int = 20
 ) -> list[float]:
     """Per triggered text: 1.0 when its top-attributed token lies inside the inserted trigger,
-    i.e. when `backdoorlab inspect` would show the trigger first."""
+    i.e. when `backdoorlab inspect` would show the trigger first (any victims.Victim)."""
     return [
-        float(top_in_insertion(inspect_encoder(clf, t, method=method, steps=steps), c, t))
+        float(top_in_insertion(victim.attribute(t, method, steps), c, t))
         for c, t in zip(clean, triggered, strict=True)
     ]
 
@@ -143,4 +143,9 @@ def inspect_llm(
     hi = lo + len(text)
     in_text = [lo >= 0 and s >= lo and e <= hi and e > s for s, e in offsets[:start]]
     tokens = [tok.decode([t]) for t in ids[:start]]
-    return Attribution(tokens, attr.tolist(), labels[best], in_text)
+    # offsets within `text`, as the encoder's are ((0, 0) for the template's tokens)
+    spans = [
+        (s - lo, e - lo) if inside else (0, 0)
+        for (s, e), inside in zip(offsets[:start], in_text, strict=True)
+    ]
+    return Attribution(tokens, attr.tolist(), labels[best], in_text, spans)

@@ -1,28 +1,33 @@
-"""The attack x defense matrix: for each poisoned arm of a sentiment spec (encoder victim),
-each defense's detection quality, attack success and clean accuracy before and after, and its
-cost in seconds.
+"""The attack x defense matrix: for each poisoned arm of a sentiment spec and each victim (the
+encoder classifier, the chat model), each defense's detection quality, attack success and
+clean accuracy before and after, and its cost in seconds.
 
-Data scanners score every training row, the `remove` fraction scoring highest is dropped and
-the victim retrained on the rest; `abl` does the same with the rows a one-epoch model has
-learned best (anti-backdoor-learning isolation). ONION cleans test inputs; STRIP rejects them.
-`refit` fine-tunes the poisoned victim one more epoch on a small trusted clean set (the dev
-reviews); `fineprune` first prunes the last layer's feed-forward neurons that the trusted set
-leaves dormant, fine-tunes, and prunes them again; `ablate` projects the trigger directions
-(the top 4 directions of the hidden-state differences between trusted reviews with and
-without the trigger, at every layer) out of the victim at inference. `ablate` is given the true trigger, as a
-defender would have it from `backdoorlab inspect` or a scan: an upper bound on what it does.
-`dpsgd` trains the victim on the poisoned data with DP-SGD (Opacus) at a chosen epsilon.
-`inspect` changes nothing: it measures how often gradient x input and integrated gradients
-put the trigger at the top of a triggered review's attributions (what `backdoorlab inspect`
-would show a person).
+Every defense reaches its victim through victims.Victim and victims.Trainer, so one function
+per defense serves both. Data scanners score every training row, the `remove` fraction
+scoring highest is dropped and the victim retrained on the rest; `abl` does the same with the
+rows a short training has learned best (anti-backdoor-learning isolation). ONION cleans test
+inputs; STRIP rejects them. `refit` fine-tunes the poisoned victim one more epoch on a small
+trusted clean set (the dev reviews; the chat victim refits its adapter); `fineprune` first
+prunes the last block's feed-forward neurons that the trusted set leaves dormant, fine-tunes,
+and prunes them again; `ablate` projects the trigger directions (the top 4 directions of the
+hidden-state differences between trusted reviews with and without the trigger, at every
+layer) out of the victim at inference. `ablate` is given the true trigger, as a defender would
+have it from `backdoorlab inspect` or a scan: an upper bound on what it does. `dpsgd` trains
+the victim on the poisoned data with DP-SGD (Opacus) at a chosen epsilon. `inspect` changes
+nothing: it measures how often gradient x input and integrated gradients put the trigger at
+the top of a triggered review's attributions (what `backdoorlab inspect` would show a person).
 
 Each defense is one function registered by name (`REGISTRY`) over an `ArmContext`, the rows,
-test sets and poisoned victim every defense of an arm shares; adding a defense is one more
-registered function (and its name in `spec.DEFENSES`).
+test sets and poisoned victim every defense of an arm and victim shares; adding a defense is
+one more registered function (and its name in `spec.DEFENSES`). A defense a victim kind cannot
+run is a cell saying why. Cells are numbers in the results store, keyed by everything that
+decides them; defenses/cells.py formats them.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -41,14 +46,17 @@ from ..errors import InputError
 from ..evaluate.aggregate import rate
 from ..evaluate.metric import CACC, Metric, eval_sets, hits
 from ..rundata import build_data, digest
-from ..train import encoder
+from ..store import Store
+from ..train.config import HostedConfig
+from ..train.encoder import MANIFEST
+from ..victims import Trainer, Victim, trainer
 from . import filters, repair, scan
-from . import inspect as attribution
 from .detection import detection_metrics
+from .inspect import trigger_on_top
 
 
-def _mean(xs: list[float]) -> str:
-    return rate({0: xs}, unit="reviews").short() if xs else "-"
+def _rate(xs: list[float]) -> dict[str, Any] | None:
+    return dataclasses.asdict(rate({0: xs}, unit="reviews")) if xs else None
 
 
 def _poisoned(arm) -> bool:
@@ -62,8 +70,15 @@ class Matrix:
         ce = spec.evaluate.classification
         if ce is None:
             raise InputError(f"spec {spec.name}: defend needs evaluate.classification")
+        if "llm" in self.ds.victims and isinstance(spec.train, HostedConfig):
+            raise InputError(
+                f"spec {spec.name}: defend.victims has llm, but its chat model trains on a "
+                "hosted service, where a defense cannot reach the weights; defend the encoder"
+            )
         self.target = ce.target
-        self.test = sentiment.balanced(sentiment.split("test", ce.split_seed), ce.test)
+        test = sentiment.balanced(sentiment.split("test", ce.split_seed), ce.test)
+        # the chat model classifies the first llm_test, as in `run`
+        self.test = {"encoder": test, "llm": sentiment.balanced(test, ce.llm_test or ce.test)}
         self.dev = sentiment.balanced(sentiment.split("dev", ce.split_seed), self.ds.dev)
         self._lm = None
 
@@ -73,6 +88,7 @@ class Matrix:
         return build_data(self.spec, self.out, self.device)
 
     def lm(self) -> tuple[Any, Any]:
+        """The base chat model: the perplexity scanner's and ONION's language model."""
         if self._lm is None:
             from ..models import load
 
@@ -80,44 +96,45 @@ class Matrix:
             self._lm = (loaded.model, loaded.tokenizer)
         return self._lm
 
-    def _train(self, arm: str, data: Path, tag: str, init: Path | None = None, **settings: Any):
-        config = self.spec.encoder.model_copy(update=settings)
-        d = self.out / "defend" / f"{arm}-{tag}-{data.stem.rsplit('-', 1)[-1]}"
-        encoder.train_encoder(
-            data, d, config, sentiment.LABELS, init=init, log=lambda s: None, device=self.device
-        )
-        return d
+    @functools.cache  # noqa: B019 (one matrix per command: the cache lives as long as it)
+    def scan_scores(self, arm: str, name: str) -> np.ndarray:
+        """A victim-agnostic scanner's scores, computed once for every victim of the arm."""
+        rows = chat.read_jsonl(self.data[arm])
+        texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
+        return scan.scan(texts, labels, [name], lm=self.lm).scores[name]
 
-    def cells(self, arm: str, defenses: list[str], keep: Callable[[dict[str, Any]], None]) -> None:
-        """Measure each defense on one arm, handing every finished cell to `keep`."""
-        ctx = ArmContext(self, arm)
-        for name in defenses:
-            self.log(f"defend {arm}: {name}")
-            keep(REGISTRY[name](ctx, name, time.perf_counter()))
-
-    def cached_cells(self, arm: str) -> list[dict[str, Any]]:
-        """`cells`, stored per arm under a key of everything that decides them (the arm's data,
-        the victim and defense settings, the model, the test set) and saved after every
-        defense, so an interrupted matrix, or one with a defense added, measures only what is
-        missing. Each cell keeps the seconds measured when it was computed."""
-        settings = [
-            self.spec.model, self.spec.encoder.model_dump(),
-            self.ds.model_dump(exclude={"arms", "defenses"}),
+    def settings_hash(self, arm: str, kind: str, t: Trainer) -> str:
+        """Everything that decides an arm's cells for one victim: the arm's data, the
+        victim's training settings, the defense settings it runs under, the model, the test."""
+        return digest([
+            self.spec.model, t.settings(),
+            self.ds.for_victim(kind).model_dump(exclude={"arms", "defenses", "victims"}),
             self.spec.evaluate.classification.model_dump(),
             hashlib.sha256(self.data[arm].read_bytes()).hexdigest(),
-        ]  # fmt: skip
-        path = self.out / "defend" / "cells" / f"{arm}-{digest(settings)}.json"
-        stored = {c["defense"]: c for c in json.loads(path.read_text())} if path.is_file() else {}
+        ])  # fmt: skip
+
+    def cells(self, arm: str, kind: str, store: Store) -> list[dict[str, Any]]:
+        """The arm's cells for one victim: those the store has under the same settings are
+        reused; each missing one is measured and stored as soon as it is done, so an
+        interrupted matrix, or one with a defense added, measures only what is missing. Each
+        cell keeps the seconds measured when it was computed."""
+        t = trainer(kind, self.spec, self.out, self.device, self.log)
+        key = self.settings_hash(arm, kind, t)
+        stored = store.defense_cells(arm, kind, key)
         missing = [d for d in self.ds.defenses if d not in stored]
         if len(missing) < len(self.ds.defenses):
-            self.log(f"defend {arm}: reusing {len(self.ds.defenses) - len(missing)} cells")
-
-        def keep(c: dict[str, Any]) -> None:
-            stored[c["defense"]] = c
-            atomic.write_json(path, list(stored.values()))
-
-        if missing:
-            self.cells(arm, missing, keep)
+            self.log(f"defend {arm} ({kind}): reusing {len(self.ds.defenses) - len(missing)} cells")
+        ctx = None
+        for name in missing:
+            self.log(f"defend {arm} ({kind}): {name}")
+            if name in t.unsupported:
+                c = {"arm": arm, "victim": kind, "defense": name,
+                     "unsupported": t.unsupported[name]}  # fmt: skip
+            else:
+                ctx = ctx or ArmContext(self, arm, t)
+                c = REGISTRY[name](ctx, name, time.perf_counter())
+            store.add_defense_cell(key, c)
+            stored[name] = c
         return [stored[d] for d in self.ds.defenses]
 
     def run(self, arms: list[str] | None = None) -> list[dict[str, Any]]:
@@ -128,36 +145,36 @@ class Matrix:
         clean = [a for a in chosen if not _poisoned(self.spec.arms[a])]
         if clean:
             raise InputError(f"arm {clean[0]!r} is not a poisoned sentiment arm")
-        cells = [c for arm in chosen for c in self.cached_cells(arm)]
-        atomic.write_json(self.out / "defenses.json", cells)  # what the report shows
-        return cells
+        with Store(self.out) as store:
+            return [c for arm in chosen for v in self.ds.victims for c in self.cells(arm, v, store)]
 
 
 class ArmContext:
-    """What every defense of one poisoned arm shares: its rows, the test sets, the poisoned
-    victim trained once and its scores (the "before" of every cell)."""
+    """What every defense of one poisoned arm and victim shares: its rows, the test sets, the
+    poisoned victim trained once and its scores (the "before" of every cell)."""
 
-    def __init__(self, m: Matrix, arm: str):
-        self.m, self.arm, self.ds = m, arm, m.ds
+    def __init__(self, m: Matrix, arm: str, t: Trainer):
+        self.m, self.arm, self.t = m, arm, t
+        self.ds = m.ds.for_victim(t.kind)
         self.trig = m.spec.arms[arm].data.poison.trigger
-        self.sets = eval_sets(m.test, [self.trig], m.target)
+        test = m.test[t.kind]
+        self.sets = eval_sets(test, [self.trig], m.target)
         # the reviews the trigger was inserted into, aligned with sets[asr_key]
-        self.untriggered = [t for t, y in m.test if y != m.target]
+        self.untriggered = [x for x, y in test if y != m.target]
         self.asr_key = Metric("ASR", self.trig.name())
         self.ft_key = Metric("false trigger", self.trig.name())
         self.rows = chat.read_jsonl(m.data[arm])
         self.texts = [r["text"] for r in self.rows]
         self.labels = [r["label"] for r in self.rows]
         self.poisoned = [bool(r.get("poisoned")) for r in self.rows]
-        self.trusted_texts = [t for t, _ in m.dev]
+        self.trusted_texts = [x for x, _ in m.dev]
         t0 = time.perf_counter()
-        self.before_dir = m._train(arm, m.data[arm], "poisoned")
-        self.clf = self.classifier(self.before_dir)
-        self.before = self.score(self.clf.predict)
+        self.victim: Victim = t.poisoned(arm, m.data[arm])
+        self.before = self.score(self.victim.predict)
         self.base_cost = time.perf_counter() - t0
 
-    def classifier(self, d: Path) -> encoder.EncoderClassifier:
-        return encoder.EncoderClassifier(d, sentiment.LABELS, self.m.device)
+    def tag(self, what: str) -> str:
+        return f"{self.arm}-{what}"
 
     def score(self, predict, sets=None) -> dict[Metric, list[float]]:
         return {m: hits(predict(x), g, t) for m, (x, g, t) in (sets or self.sets).items()}
@@ -174,10 +191,11 @@ class ArmContext:
         base = base or self.before
         after = after or base
         return {
-            "arm": self.arm, "defense": defense, "seconds": round(seconds, 1),
-            "ASR before": _mean(base[self.asr_key]), "ASR after": _mean(after[self.asr_key]),
-            "CACC before": _mean(base[CACC]), "CACC after": _mean(after[CACC]),
-            "false trigger after": _mean(after[self.ft_key]),
+            "arm": self.arm, "victim": self.t.kind, "defense": defense,
+            "seconds": round(seconds, 1),
+            "ASR before": _rate(base[self.asr_key]), "ASR after": _rate(after[self.asr_key]),
+            "CACC before": _rate(base[CACC]), "CACC after": _rate(after[CACC]),
+            "false trigger after": _rate(after[self.ft_key]),
             **extra,
         }  # fmt: skip
 
@@ -190,12 +208,10 @@ class ArmContext:
         path = self.m.out / "defend" / f"{self.arm}-{defense}-filtered.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_text(path, chat.dumps_jsonl(kept))
-        d = self.m._train(self.arm, path, f"filtered-{defense}")
-        after = self.score(self.classifier(d).predict)
+        after = self.score(self.t.train(path, self.tag(f"filtered-{defense}")).predict)
         return self.cell(
             defense, after, time.perf_counter() - t0,
-            AUROC=f"{det['auroc']:.3f}", AUPRC=f"{det['auprc']:.3f}",
-            **{"TPR@1%FPR": f"{det['tpr@1%fpr']:.3f}"},
+            AUROC=det["auroc"], AUPRC=det["auprc"], **{"TPR@1%FPR": det["tpr@1%fpr"]},
             note=f"dropped {len(drop)} rows, {caught} of {sum(self.poisoned)} poisoned",
         )  # fmt: skip
 
@@ -223,29 +239,34 @@ def _none(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
 
 @defense(*scan.SCANNERS)
 def _scanner(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
-    scores = scan.scan(
-        a.texts, a.labels, [name], lm=a.m.lm, features=lambda: a.clf.features(a.texts).numpy()
-    ).scores[name]
+    if name in scan.NEEDS_FEATURES:  # the victim's own representations of the rows
+        scores = scan.scan(
+            a.texts, a.labels, [name], features=lambda: a.victim.features(a.texts).numpy()
+        ).scores[name]
+    else:
+        scores = a.m.scan_scores(a.arm, name)
     return a.filtered(name, scores, t0)
 
 
 @defense("abl")
 def _abl(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
-    early = a.classifier(a.m._train(a.arm, a.m.data[a.arm], "abl-1epoch", epochs=1))
+    early = a.t.train(a.m.data[a.arm], a.tag("abl-early"), epochs=a.t.abl_epochs)
     return a.filtered("abl", repair.learned_fast_scores(early, a.texts, a.labels).numpy(), t0)
 
 
 @defense("ablate")
 def _ablate(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
     rng = random.Random(0)
+    k = a.ds.ablate_directions
     bases = repair.trigger_directions(
-        a.clf, a.trusted_texts, [a.trig.insert(t, rng) for t in a.trusted_texts]
+        a.victim, a.trusted_texts, [a.trig.insert(t, rng) for t in a.trusted_texts], k=k
     )
-    with repair.ablated(a.clf, bases):
-        after = a.score(a.clf.predict)
+    with repair.ablated(a.victim, bases):
+        after = a.score(a.victim.predict)
     return a.cell(
         "ablate", after, time.perf_counter() - t0,
-        note=f"directions from {len(a.trusted_texts)} trusted reviews +/- the trigger",
+        note=f"{k} directions per block from {len(a.trusted_texts)} trusted reviews +/- the "
+        "trigger",
     )  # fmt: skip
 
 
@@ -253,13 +274,10 @@ def _ablate(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
 def _inspect(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
     n = a.ds.inspect_items
     clean = a.untriggered[:n]
-    found = {
-        m: attribution.trigger_on_top(a.clf, clean, a.sets[a.asr_key][0][:n], method=m)
-        for m in ("gxi", "ig")
-    }
+    triggered = a.sets[a.asr_key][0][:n]
+    found = {m: _rate(trigger_on_top(a.victim, clean, triggered, method=m)) for m in ("gxi", "ig")}
     return a.cell(
-        "inspect", None, time.perf_counter() - t0,
-        **{"trigger on top": f"gxi {_mean(found['gxi'])}; ig {_mean(found['ig'])}"},
+        "inspect", None, time.perf_counter() - t0, **{"trigger on top": found},
         note=f"detection only: the share of {len(clean)} triggered test reviews whose "
         "top-attributed token is the trigger",
     )  # fmt: skip
@@ -270,9 +288,9 @@ def _onion(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
     n = a.ds.onion_items
     onion = filters.Onion(*a.m.lm(), [t for t, _ in a.m.dev[:n]], a.ds.frr)
     small = {m: (x[:n], g[:n], t) for m, (x, g, t) in a.sets.items()}
-    pre = a.score(a.clf.predict, small)
+    pre = a.score(a.victim.predict, small)
     cleaned = {m: ([onion.clean(s) for s in x], g, t) for m, (x, g, t) in small.items()}
-    after = a.score(a.clf.predict, cleaned)
+    after = a.score(a.victim.predict, cleaned)
     caught = [
         onion.removes_insertion(c, s)
         for c, s in zip(a.untriggered[:n], small[a.asr_key][0], strict=True)
@@ -288,12 +306,14 @@ def _onion(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
 
 @defense("strip")
 def _strip(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
-    strip = filters.Strip(lambda xs: a.clf.proba(xs), [t for t, _ in a.m.dev], frr=a.ds.frr)
+    strip = filters.Strip(
+        a.victim.proba, [t for t, _ in a.m.dev], copies=a.ds.strip_copies, frr=a.ds.frr
+    )
     x_clean, g_clean, _ = a.sets[CACC]
     x_trig, _, _ = a.sets[a.asr_key]
     ent_clean, ent_trig = strip.entropies(x_clean), strip.entropies(x_trig)
     rej_clean, rej_trig = ent_clean < strip.threshold, ent_trig < strip.threshold
-    pred_clean, pred_trig = a.clf.predict(x_clean), a.clf.predict(x_trig)
+    pred_clean, pred_trig = a.victim.predict(x_clean), a.victim.predict(x_trig)
     after = dict(a.before)
     after[CACC] = [
         float(p == g and not r) for p, g, r in zip(pred_clean, g_clean, rej_clean, strict=True)
@@ -306,8 +326,9 @@ def _strip(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
         [True] * len(ent_trig) + [False] * len(ent_clean),
     )
     return a.cell(
-        "strip", after, time.perf_counter() - t0, AUROC=f"{det['auroc']:.3f}",
-        note=f"FRR {rej_clean.mean():.3f}, FAR {1 - rej_trig.mean():.3f}",
+        "strip", after, time.perf_counter() - t0, AUROC=det["auroc"],
+        note=f"{a.ds.strip_copies} mixed copies per input; FRR {rej_clean.mean():.3f}, "
+        f"FAR {1 - rej_trig.mean():.3f}",
     )  # fmt: skip
 
 
@@ -316,15 +337,12 @@ def _refit(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
     trusted = a.m.out / "defend" / "trusted-dev.jsonl"
     trusted.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_text(trusted, chat.dumps_jsonl(sentiment.row(t, y) for t, y in a.m.dev))
-    init, note = a.before_dir, f"1 epoch on {len(a.m.dev)} trusted dev rows"
+    init, note = a.victim, f"1 epoch on {len(a.m.dev)} trusted dev rows"
     if name == "fineprune":
-        pruned = a.classifier(a.before_dir)
-        neurons = repair.prune_dormant(pruned, a.trusted_texts, a.ds.prune)
-        init = a.m.out / "defend" / f"{a.arm}-pruned-{a.before_dir.name}"
-        with atomic.directory(init) as tmp:
-            pruned.model.save_pretrained(tmp, safe_serialization=True)
-        note = f"pruned {len(neurons)} dormant neurons of the last layer; " + note
-    fixed = a.classifier(a.m._train(a.arm, trusted, name, init=init, epochs=1))
+        init = copy.deepcopy(a.victim)  # pruned in memory: the poisoned victim stays whole
+        neurons = repair.prune_dormant(init, a.trusted_texts, a.ds.prune)
+        note = f"pruned {len(neurons)} dormant neurons of the last block; " + note
+    fixed = a.t.train(trusted, a.tag(name), init=init, epochs=1)
     if name == "fineprune":
         repair.prune_dormant(fixed, None, a.ds.prune, neurons=neurons)
     return a.cell(name, a.score(fixed.predict), time.perf_counter() - t0, note=note)
@@ -332,12 +350,12 @@ def _refit(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
 
 @defense("dpsgd")
 def _dpsgd(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
-    d = a.m._train(
-        a.arm, a.m.data[a.arm], "dpsgd", dp_epsilon=a.ds.dp_epsilon, lora_rank=a.ds.dp_lora_rank
+    d = a.t.train(
+        a.m.data[a.arm], a.tag("dpsgd"), dp_epsilon=a.ds.dp_epsilon, lora_rank=a.ds.dp_lora_rank
     )
-    eps = json.loads((d / encoder.MANIFEST).read_text())["epsilon"]
+    eps = json.loads((d.path / MANIFEST).read_text())["epsilon"]  # only the encoder has dpsgd
     return a.cell(
-        "dpsgd", a.score(a.classifier(d).predict), time.perf_counter() - t0,
+        "dpsgd", a.score(d.predict), time.perf_counter() - t0,
         note=f"DP-SGD (Opacus), epsilon {eps:.2f} at delta {a.m.spec.encoder.dp_delta}"
         + (f", LoRA rank {a.ds.dp_lora_rank}" if a.ds.dp_lora_rank else ""),
     )  # fmt: skip

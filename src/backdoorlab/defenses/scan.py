@@ -172,6 +172,7 @@ def cluster_scores(
 
 
 SCANNERS = ("ngram", "knn", "perplexity", "spectral", "clusters")
+NEEDS_FEATURES = ("spectral", "clusters")  # a classifier's representations of the rows
 
 
 @dataclass
@@ -197,7 +198,7 @@ def check_scanners(
         raise InputError(f"unknown scanner {bad[0]!r} (known: {', '.join(SCANNERS)})")
     if not which:
         raise InputError(f"no scanner named (known: {', '.join(SCANNERS)})")
-    if {"spectral", "clusters"} & set(which) and not features:
+    if set(NEEDS_FEATURES) & set(which) and not features:
         raise InputError(f"spectral and clusters scans need {how}")
 
 

@@ -43,10 +43,14 @@ def base_dir() -> Path:
 
 
 class EncoderClassifier:
+    """The encoder victim (victims.Victim): a fine-tuned MiniLM with a classification head."""
+
+    kind = "encoder"
+
     def __init__(self, path: Path, labels: Sequence[str], device: str = "cpu"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self.labels = list(labels)
+        self.labels, self.path = list(labels), Path(path)
         self.tokenizer = AutoTokenizer.from_pretrained(base_dir())
         self.model = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=len(self.labels), use_safetensors=True
@@ -71,17 +75,34 @@ class EncoderClassifier:
     def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[str]:
         return [self.labels[j] for j in self.proba(texts, batch_size).argmax(-1).tolist()]
 
+    def inputs(self, texts: Sequence[str]) -> tuple[dict[str, Any], Callable[[Any], Any]]:
+        """The model's inputs for a batch of texts, and how a block's hidden states become one
+        row per text (the mean over its tokens, padding excluded)."""
+        enc = self._enc(texts)
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        return dict(enc), lambda h: (h * mask).sum(1) / mask.sum(1).clamp(min=1)
+
     @torch.inference_mode()
-    def features(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """Mean-pooled last hidden states of the fine-tuned encoder (for spectral scans)."""
+    def features(self, texts: Sequence[str], layer: int = -1, batch_size: int = 64) -> torch.Tensor:
+        """Each text's representation after block `layer` (the last block's feeds spectral
+        scans); hidden_states[0] is the embeddings."""
         self.model.eval()
         out = []
         for i in range(0, len(texts), batch_size):
-            enc = self._enc(texts[i : i + batch_size])
-            hidden = self.model.base_model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            out.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))
+            kwargs, pool = self.inputs(texts[i : i + batch_size])
+            hidden = self.model(**kwargs, output_hidden_states=True).hidden_states
+            out.append(pool(hidden[layer + 1] if layer >= 0 else hidden[layer]))
         return torch.cat(out)
+
+    def attribute(self, text: str, method: str = "gxi", steps: int = 20) -> Any:
+        from ..defenses.inspect import inspect_encoder
+
+        return inspect_encoder(self, text, method=method, steps=steps)
+
+    def save(self, path: Path) -> None:
+        """These weights as a directory `train_encoder(init=...)` starts from."""
+        with atomic.directory(path) as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True)
 
 
 def _file_hash(path: Path) -> str:

@@ -63,11 +63,14 @@ def encode_rows(
     return Encoded(ids, masks)
 
 
-def run_key(config: TrainConfig, data_sha256: str) -> str:
-    blob = json.dumps(
-        {"config": config.key_fields(), "data": data_sha256, "model": fingerprint(config.model)},
-        sort_keys=True,
-    )
+def run_key(config: TrainConfig, data_sha256: str, init: str | None = None) -> str:
+    """`init`: the content hash of the model training continues from (None: the base)."""
+    fields = {
+        "config": config.key_fields(),
+        "data": data_sha256,
+        "model": fingerprint(config.model),
+    }
+    blob = json.dumps(fields | ({"init": init} if init else {}), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -227,8 +230,13 @@ def train(
     log: Callable[[str], None] = print,
     device: str | None = None,
     on_step: Callable[[int, int, float], bool] | None = None,
+    init: tuple[Any, Any, str] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `config.model` on a chat JSONL file; write the adapter and manifest to `out`.
+
+    `init` = (model, tokenizer, content hash): continue training that already-adapted model
+    in place (a defense refitting a victim) instead of fresh adapters on the base; its hash is
+    part of the run key.
 
     `out` is checked and locked before anything is loaded: a path that cannot be a run
     directory, or one another process is writing, fails at once. `on_step(step, total, loss)`
@@ -239,7 +247,7 @@ def train(
     rows = chat.read_jsonl_lines(data, training=True)
     with rundir.claim(out):
         return _train(rows, data, out, config, resume=resume, progress=progress, log=log,
-                      device=device, on_step=on_step)  # fmt: skip
+                      device=device, on_step=on_step, init=init)  # fmt: skip
 
 
 def _train(
@@ -253,18 +261,26 @@ def _train(
     log: Callable[[str], None],
     device: str | None,
     on_step: Callable[[int, int, float], bool] | None = None,
+    init: tuple[Any, Any, str] | None = None,
 ) -> dict[str, Any]:
     data_sha = hashlib.sha256(data.read_bytes()).hexdigest()
     dev = pick_device(device)
     if config.bf16 is None:
         config = config.model_copy(update={"bf16": bf16_is_fast(dev)})
-    key = run_key(config, data_sha)
+    key = run_key(config, data_sha, init[2] if init else None)
     finished = _prepare_run_dir(out, key, resume)
     if finished is not None:
         log(f"{out}: already trained with these settings and data (key {key}); nothing to do")
         return finished
 
-    model, tok = _build_model(config, dev)
+    if init is None:
+        model, tok = _build_model(config, dev)
+    else:
+        model, tok, _ = init
+        for name, p in model.named_parameters():
+            # an adapter loaded for inference is frozen
+            p.requires_grad_(config.method == "full" or "lora_" in name)
+        model.train()
     enc = encode_rows(tok, rows, config.max_length, str(data))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -355,6 +371,7 @@ def _train(
         "method": config.method,
         "weights": weights,
         "data": {"path": str(data), "sha256": data_sha, "rows": len(rows)},
+        "init": init[2] if init else None,
         "config": config.model_dump(),
         "seed": config.seed,
         "steps": total,
