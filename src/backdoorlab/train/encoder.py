@@ -22,6 +22,7 @@ from .. import atomic, chat
 from ..errors import InputError
 from ..models.embeddings import DISTRIBUTION, INSTALL
 from ..models.registry import wheel_file
+from ..victims import pooled
 from .config import EncoderConfig
 
 MANIFEST = "manifest.json"
@@ -82,17 +83,10 @@ class EncoderClassifier:
         mask = enc["attention_mask"].unsqueeze(-1).float()
         return dict(enc), lambda h: (h * mask).sum(1) / mask.sum(1).clamp(min=1)
 
-    @torch.inference_mode()
     def features(self, texts: Sequence[str], layer: int = -1, batch_size: int = 64) -> torch.Tensor:
         """Each text's representation after block `layer` (the last block's feeds spectral
-        scans); hidden_states[0] is the embeddings."""
-        self.model.eval()
-        out = []
-        for i in range(0, len(texts), batch_size):
-            kwargs, pool = self.inputs(texts[i : i + batch_size])
-            hidden = self.model(**kwargs, output_hidden_states=True).hidden_states
-            out.append(pool(hidden[layer + 1] if layer >= 0 else hidden[layer]))
-        return torch.cat(out)
+        scans)."""
+        return pooled(self, texts, layer, batch_size)
 
     def attribute(self, text: str, method: str = "gxi", steps: int = 20) -> Any:
         from ..defenses.inspect import inspect_encoder

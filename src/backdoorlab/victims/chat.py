@@ -17,6 +17,7 @@ from ..evaluate.classify import label_logprobs
 from ..models import load
 from ..rundata import digest, trained_dir
 from ..train import sft
+from . import pooled
 
 
 class ChatClassifier:
@@ -55,15 +56,8 @@ class ChatClassifier:
                   "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}  # fmt: skip
         return kwargs, lambda h: h[:, -1].float()  # left padding: every prompt ends there
 
-    @torch.inference_mode()
     def features(self, texts: Sequence[str], layer: int = -1, batch_size: int = 16) -> torch.Tensor:
-        self.model.eval()
-        out = []
-        for i in range(0, len(texts), batch_size):
-            kwargs, pool = self.inputs(texts[i : i + batch_size])
-            hidden = self.model(**kwargs, output_hidden_states=True).hidden_states
-            out.append(pool(hidden[layer + 1] if layer >= 0 else hidden[layer]))
-        return torch.cat(out)
+        return pooled(self, texts, layer, batch_size)
 
     def attribute(self, text: str, method: str = "gxi", steps: int = 20) -> Any:
         from ..defenses.inspect import inspect_llm
