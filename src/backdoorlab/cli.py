@@ -891,20 +891,18 @@ def inspect(
     Example: backdoorlab inspect runs/sentiment/encoder/token-1%-seed0-* "A warm cf film."
     """
     from .data import sentiment
-    from .defenses import inspect as insp
+    from .models import load
     from .train.encoder import EncoderClassifier, encoder_labels
+    from .victims.chat import ChatClassifier
 
     _quiet_libraries()
     labels = encoder_labels(target)
-    if labels:
-        a = insp.inspect_encoder(EncoderClassifier(Path(target), labels), text, method=method)
-    else:
-        from .models import load
-
-        a = insp.inspect_llm(
-            load(target, device=device), sentiment.prompt(text), list(sentiment.LABELS), text,
-            method=method,
-        )  # fmt: skip
+    victim = (
+        EncoderClassifier(Path(target), labels)
+        if labels
+        else ChatClassifier(load(target, device=device), sentiment.LABELS, sentiment.prompt)
+    )
+    a = victim.attribute(text, method)
     t = Table("token", "attribution", title=f"prediction: {a.label} ({method})")
     for tok, v in a.top(top):
         t.add_row(repr(tok), f"{v:+.4f}")
