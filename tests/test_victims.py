@@ -125,3 +125,17 @@ def test_the_matrix_reuses_cells_and_measures_only_an_added_defense(tmp_path):
     assert all(c["victim"] == "encoder" and c["arm"] == "token-10%" for c in cells)
     strip = cells[1]
     assert isinstance(strip["AUROC"], float) and isinstance(strip["ASR after"]["mean"], float)
+
+
+def test_a_hosted_chat_model_cannot_be_a_defended_victim(tmp_path):
+    from backdoorlab.defenses.matrix import Matrix
+    from backdoorlab.errors import InputError
+    from backdoorlab.spec import load_spec
+    from backdoorlab.train.config import HostedConfig
+
+    spec = load_spec("experiments/sentiment_llm.yaml", quick=True)
+    spec.train = HostedConfig()
+    with pytest.raises(InputError, match="hosted service"):
+        Matrix(spec, tmp_path)
+    spec.defend = spec.defend.model_copy(update={"victims": ["encoder"]})
+    Matrix(spec, tmp_path)  # the encoder is ours to defend
