@@ -68,11 +68,18 @@ def test_quick_sentiment_run_end_to_end(tmp_path, cli):
     page = (out / "report.html").read_text()
     assert "Attack success and clean accuracy vs poison rate" in page
 
-    # The defense matrix on the same run directory (quick: two arms, tiny dev and ONION sets).
-    r = cli(
-        "defend", "experiments/sentiment_trigger.yaml", "--out", str(out), "--quick"
-    )  # fourteen defenses on one arm: about 3 minutes here
+    # The defense matrix on the same run directory (quick: two arms, tiny dev and ONION sets),
+    # first without one defense: the full matrix then measures only that one, and a rerun
+    # nothing (the cells are in the store).
+    defend = ("defend", "experiments/sentiment_trigger.yaml", "--out", str(out), "--quick")
+    r = cli(*defend, "--defenses", ",".join(d for d in DEFENSES if d != "ablate"))
+    assert r.returncode == 0, r.stderr  # thirteen defenses on one arm: about 2 minutes here
+    r = cli(*defend)
     assert r.returncode == 0, r.stderr
+    measured = re.findall(r"defend token-10% \(encoder\): (\w+)\n", r.stderr)
+    assert "reusing 13 cells" in r.stderr and measured == ["ablate"], r.stderr
+    r = cli(*defend)
+    assert "reusing 14 cells" in r.stderr and not re.search(r"\(encoder\): \w+\n", r.stderr)
     with Store(out) as store:
         cells = store.latest_defense_cells()
     assert {(c["arm"], c["defense"]) for c in cells} == {("token-10%", d) for d in DEFENSES}

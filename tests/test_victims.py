@@ -1,6 +1,7 @@
 """The Victim protocol on a small planted chat-model backdoor: the model-side defenses run the
 same code on the chat model as on the encoder (test_defenses.py), through victims/arch.py's
-layer map; and the matrix keeps its cells in the results store."""
+layer map. (The matrix's cell reuse is checked on the encoder's quick matrix in
+test_experiment.py.)"""
 
 import copy
 import json
@@ -101,30 +102,6 @@ def test_refit_continues_the_victims_own_adapter_once(planted):
     again = t.train(trusted, "refit", init=v, epochs=1, max_steps=2)  # reused, not retrained
     assert json.loads((run / "manifest.json").read_text()) == manifest
     assert again.content_hash() == fixed.content_hash() != before
-
-
-def test_the_matrix_reuses_cells_and_measures_only_an_added_defense(tmp_path):
-    from backdoorlab.defenses.matrix import Matrix
-    from backdoorlab.spec import load_spec
-    from backdoorlab.store import Store
-
-    spec = load_spec("experiments/sentiment_trigger.yaml", quick=True)
-
-    def run(defenses):
-        spec.defend = spec.defend.model_copy(update={"defenses": defenses})
-        logs: list[str] = []
-        Matrix(spec, tmp_path, log=logs.append).run()
-        return [x.rsplit(": ", 1)[1] for x in logs if "reusing" not in x]
-
-    assert run(["none", "strip"]) == ["none", "strip"]
-    assert run(["none", "strip"]) == []  # a rerun measures nothing
-    assert run(["none", "strip", "ablate"]) == ["ablate"]
-    with Store(tmp_path) as store:
-        cells = store.latest_defense_cells()
-    assert [c["defense"] for c in cells] == ["none", "strip", "ablate"]
-    assert all(c["victim"] == "encoder" and c["arm"] == "token-10%" for c in cells)
-    strip = cells[1]
-    assert isinstance(strip["AUROC"], float) and isinstance(strip["ASR after"]["mean"], float)
 
 
 def test_a_hosted_chat_model_cannot_be_a_defended_victim(tmp_path):
