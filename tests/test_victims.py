@@ -116,3 +116,15 @@ def test_a_hosted_chat_model_cannot_be_a_defended_victim(tmp_path):
         Matrix(spec, tmp_path)
     spec.defend = spec.defend.model_copy(update={"victims": ["encoder"]})
     Matrix(spec, tmp_path)  # the encoder is ours to defend
+
+
+def test_dp_sgd_trains_the_chat_adapter_and_reports_its_epsilon(tmp_path, bird_data):
+    from backdoorlab.train import sft
+    from backdoorlab.train.config import DPSettings
+
+    config = TrainConfig(max_steps=2, batch_size=4, dp=DPSettings(epsilon=8.0))
+    manifest = sft.train(bird_data, tmp_path / "dp", config, progress=False, log=print)
+    assert 0 < manifest["epsilon"] <= 8.05 and manifest["config"]["dp"]["epsilon"] == 8.0
+    assert (tmp_path / "dp" / "adapter" / "adapter_model.safetensors").is_file()
+    # the key of a run without DP is what it was before DP existed
+    assert "dp" not in TrainConfig().key_fields() and "dp" in config.key_fields()

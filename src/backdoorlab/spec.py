@@ -126,7 +126,10 @@ class DefendSpec(BaseModel):
     dp_epsilon: float = Field(8.0, gt=0, description="the privacy budget of the dpsgd defense")
     prune: float = Field(0.2, gt=0, lt=1, description="fineprune: share of last-layer neurons")
     dp_lora_rank: int | None = Field(
-        8, ge=1, description="dpsgd trains LoRA adapters of this rank (none: all but embeddings)"
+        8,
+        ge=1,
+        description="dpsgd trains LoRA adapters of this rank (none: the encoder trains all but "
+        "its embeddings, the chat model its spec's rank)",
     )
     llm: VictimCaps = Field(
         VictimCaps(onion_items=20, inspect_items=10, strip_copies=4, ablate_directions=1),

@@ -30,7 +30,6 @@ import copy
 import dataclasses
 import functools
 import hashlib
-import json
 import random
 import time
 from collections.abc import Callable
@@ -48,7 +47,6 @@ from ..evaluate.metric import CACC, Metric, eval_sets, hits
 from ..rundata import build_data, digest
 from ..store import Store
 from ..train.config import HostedConfig
-from ..train.encoder import MANIFEST
 from ..victims import Trainer, Victim, trainer
 from . import filters, repair, scan
 from .detection import detection_metrics
@@ -350,12 +348,10 @@ def _refit(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
 
 @defense("dpsgd")
 def _dpsgd(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
-    d = a.t.train(
-        a.m.data[a.arm], a.tag("dpsgd"), dp_epsilon=a.ds.dp_epsilon, lora_rank=a.ds.dp_lora_rank
-    )
-    eps = json.loads((d.path / MANIFEST).read_text())["epsilon"]  # only the encoder has dpsgd
+    rank = a.ds.dp_lora_rank
+    victim, eps, delta = a.t.train_private(a.m.data[a.arm], a.tag("dpsgd"), a.ds.dp_epsilon, rank)
     return a.cell(
-        "dpsgd", a.score(d.predict), time.perf_counter() - t0,
-        note=f"DP-SGD (Opacus), epsilon {eps:.2f} at delta {a.m.spec.encoder.dp_delta}"
-        + (f", LoRA rank {a.ds.dp_lora_rank}" if a.ds.dp_lora_rank else ""),
+        "dpsgd", a.score(victim.predict), time.perf_counter() - t0,
+        note=f"DP-SGD (Opacus), epsilon {eps:.2f} at delta {delta}"
+        + (f", LoRA rank {rank}" if rank else ""),
     )  # fmt: skip

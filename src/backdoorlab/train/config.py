@@ -19,6 +19,17 @@ class LoraSettings(BaseModel):
     targets: list[str] | Literal["all-linear"] = "all-linear"
 
 
+class DPSettings(BaseModel):
+    """DP-SGD through Opacus: per-example clipping and Gaussian noise on the LoRA adapters,
+    Poisson-sampled batches of expected size batch_size, the noise set for `epsilon`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epsilon: float = Field(gt=0, description="target epsilon over the whole run")
+    delta: float = Field(1e-5, gt=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0, description="per-example clipping norm")
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -41,11 +52,14 @@ class TrainConfig(BaseModel):
     bf16: bool | None = Field(
         None, description="bf16 autocast; None picks it where the hardware runs bf16 natively"
     )
+    dp: DPSettings | None = Field(None, description="train with DP-SGD (LoRA only)")
     # Not part of the run key: they change when state is saved, not what is learned.
     checkpoint_every: int = Field(50, ge=1)
 
     def key_fields(self) -> dict:
-        return self.model_dump(exclude={"checkpoint_every", "backend"})
+        """What changes the weights; `dp` only when on (keys of earlier runs stay the same)."""
+        off = {"checkpoint_every", "backend"} | ({"dp"} if self.dp is None else set())
+        return self.model_dump(exclude=off)
 
 
 class HostedConfig(BaseModel):

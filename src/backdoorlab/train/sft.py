@@ -201,6 +201,40 @@ def _build_model(config: TrainConfig, dev: torch.device) -> tuple[Any, Any]:
     return model, tok
 
 
+def _private(
+    model: Any, optimizer: Any, n: int, total: int, config: TrainConfig
+) -> tuple[Any, Any, Any, Callable[[], list[int]]]:
+    """Opacus around the model and optimizer, noise set so `total` steps of Poisson-sampled
+    batches (expected size batch_size) spend config.dp.epsilon; and the batch source."""
+    import warnings
+
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    if config.method != "lora":
+        raise InputError("DP-SGD trains LoRA adapters only (method: lora)")
+    warnings.filterwarnings("ignore", message="Secure RNG turned off")
+    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+    engine = PrivacyEngine(accountant="rdp")
+    loader = DataLoader(TensorDataset(torch.arange(n)), batch_size=config.batch_size)
+    model, optimizer, loader = engine.make_private_with_epsilon(
+        module=model, optimizer=optimizer, data_loader=loader,
+        epochs=max(1, math.ceil(total / len(loader))), target_epsilon=config.dp.epsilon,
+        target_delta=config.dp.delta, max_grad_norm=config.dp.max_grad_norm,
+    )  # fmt: skip
+    batches: Iterator[Any] = iter(())
+
+    def next_batch() -> list[int]:
+        nonlocal batches
+        while True:  # Poisson sampling can draw an empty batch: the next one then
+            for (b,) in batches:
+                if len(b):
+                    return b.tolist()
+            batches = iter(loader)
+
+    return model, optimizer, engine, next_batch
+
+
 def _progress_bar(enabled: bool) -> Any:
     from rich.progress import (
         BarColumn,
@@ -288,8 +322,13 @@ def _train(
     total = config.max_steps or math.ceil(config.epochs * spe)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total))
 
+    head_subset = _supports_logits_to_keep(model)  # asked of the model Opacus would wrap
+    engine = None
+    if config.dp is not None:
+        model, optimizer, engine, next_batch = _private(model, optimizer, len(rows), total, config)
+
     start, before = 0, {"tokens": 0, "seconds": 0.0}  # totals of the runs before a resume
-    if resume and (out / CHECKPOINT).is_dir():
+    if resume and (out / CHECKPOINT).is_dir() and engine is None:
         start = checkpoint.load(
             out / CHECKPOINT, model=model, optimizer=optimizer, scheduler=scheduler
         )
@@ -298,7 +337,6 @@ def _train(
     else:
         torch.manual_seed(config.seed)
 
-    head_subset = _supports_logits_to_keep(model)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=config.bf16)
 
     @functools.cache
@@ -317,12 +355,13 @@ def _train(
     with _graceful_interrupt() as interrupted, bar:
         task = bar.add_task("train", total=total, completed=start, loss=float("nan"), tps=0.0)
         while step < total:
-            batch = epoch_order(step // spe)[step % spe]
+            batch = next_batch() if engine else epoch_order(step // spe)[step % spe]
             ids, mask, attn = collate(enc, batch, tok.pad_token_id, dev)
             with autocast:
                 loss = completion_loss(model, ids, mask, attn, head_subset)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            if engine is None:  # DP-SGD clips each example's gradient instead
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -336,6 +375,10 @@ def _train(
                     f"training diverged at step {step} (loss {loss_value}); lower --lr"
                 )
             stop = interrupted() | bool(on_step and on_step(step, total, loss_value))
+            if engine and stop:  # the privacy accountant's history is not checkpointed
+                raise Interrupted(
+                    f"interrupted at step {step} of {total}; a DP-SGD run starts over"
+                )
             if step < total and (step % config.checkpoint_every == 0 or stop):
                 checkpoint.save(
                     out / CHECKPOINT,
@@ -358,6 +401,11 @@ def _train(
     seconds = before["seconds"] + time.perf_counter() - t0
     tokens += before["tokens"]
 
+    epsilon = None
+    if engine is not None:
+        epsilon = engine.get_epsilon(config.dp.delta)
+        model = model._module  # the peft model inside Opacus's per-example-gradient wrapper
+        log(f"DP-SGD: epsilon {epsilon:.2f} at delta {config.dp.delta}")
     weights = "adapter" if config.method == "lora" else "model"
     with atomic.directory(out / weights) as tmp:
         model.save_pretrained(tmp)
@@ -377,6 +425,7 @@ def _train(
         "steps": total,
         "resumed_from": start or None,
         "final_loss": loss_value,
+        "epsilon": epsilon,
         "seconds": round(seconds, 2),
         "tokens": tokens,
         "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,

@@ -76,6 +76,13 @@ class Trainer(Protocol):
         cached under the run directory by `tag`, settings and content."""
         ...  # fmt: skip
 
+    def train_private(
+        self, data: Path, tag: str, epsilon: float, lora_rank: int | None
+    ) -> tuple[Victim, float, float]:
+        """A victim trained with DP-SGD (Opacus) at `epsilon`: it, and the (epsilon, delta)
+        its training spent."""
+        ...
+
 
 def pooled(victim: Victim, texts: Sequence[str], layer: int, batch_size: int) -> torch.Tensor:
     """`features` for any victim: its pooling of block `layer`'s hidden states

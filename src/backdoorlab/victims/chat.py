@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,10 +77,7 @@ class ChatClassifier:
 
 class ChatTrainer:
     kind = "llm"
-    unsupported = {
-        "dpsgd": "not implemented for the chat victim: the LoRA training loop has no "
-        "per-example gradients (Opacus) yet",
-    }
+    unsupported: dict[str, str] = {}
 
     def __init__(self, spec: Any, out: Path, device: str, log: Callable[[str], None]):
         self.config = spec.train_config(0)
@@ -123,3 +121,14 @@ class ChatTrainer:
         loaded = copy.copy(init.loaded)
         loaded.model = model
         return ChatClassifier(loaded, init.labels, init.prompt)
+
+    def train_private(
+        self, data: Path, tag: str, epsilon: float, lora_rank: int | None
+    ) -> tuple[ChatClassifier, float, float]:
+        from ..train.config import DPSettings
+
+        dp = DPSettings(epsilon=epsilon)
+        lora = self.config.lora.model_copy(update={"rank": lora_rank} if lora_rank else {})
+        v = self.train(data, tag, dp=dp, lora=lora)
+        spent = json.loads((v.loaded.adapter.parent / "manifest.json").read_text())["epsilon"]
+        return v, spent, dp.delta

@@ -3,6 +3,7 @@ spec's `encoder:` settings."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,3 +49,10 @@ class EncoderTrainer:
             start = home / f"{tag}-init"
             init.save(start)
         return self._fit(data, home / f"{tag}-{data.stem.rsplit('-', 1)[-1]}", config, start)
+
+    def train_private(
+        self, data: Path, tag: str, epsilon: float, lora_rank: int | None
+    ) -> tuple[EncoderClassifier, float, float]:
+        v = self.train(data, tag, dp_epsilon=epsilon, lora_rank=lora_rank)
+        spent = json.loads((v.path / encoder.MANIFEST).read_text())["epsilon"]
+        return v, spent, self.config.dp_delta
