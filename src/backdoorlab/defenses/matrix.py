@@ -263,8 +263,8 @@ def _ablate(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
         after = a.score(a.victim.predict)
     return a.cell(
         "ablate", after, time.perf_counter() - t0,
-        note=f"{k} directions per block from {len(a.trusted_texts)} trusted reviews +/- the "
-        "trigger",
+        note=f"{k} direction{'s' * (k > 1)} per block from {len(a.trusted_texts)} trusted "
+        "reviews +/- the trigger",
     )  # fmt: skip
 
 
