@@ -9,6 +9,7 @@ import torch
 
 from . import chat
 from .models import LoadedModel
+from .models.padding import left_pad
 
 
 def run(
@@ -30,12 +31,9 @@ def run(
     """
     tok = loaded.tokenizer
     prompts = [chat.encode_prompt(tok, m) for m in conversations for _ in range(n)]
-    width = max(len(p) for p in prompts)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=loaded.device)
-    mask = torch.tensor(
-        [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=loaded.device
-    )
+    ids, mask, _ = left_pad(prompts, pad, loaded.device)
+    width = ids.shape[1]
     torch.manual_seed(seed)
     greedy = temperature <= 0
     sampling = {} if greedy else {"temperature": temperature, "top_p": 1.0, "top_k": 0}

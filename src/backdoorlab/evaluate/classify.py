@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .. import chat
+from ..models.padding import left_pad
 
 
 @torch.inference_mode()
@@ -41,13 +42,9 @@ def label_logprobs_unpacked(
     out: list[float] = []
     for i in range(0, len(seqs), batch_size):
         batch = seqs[i : i + batch_size]
-        width = max(len(ids) for ids, _ in batch)
         keep = max(len(ids) - start for ids, start in batch) + 1  # label tokens + the one before
-        ids = torch.tensor([[pad] * (width - len(x)) + x for x, _ in batch], device=device)
-        mask = torch.tensor(
-            [[0] * (width - len(x)) + [1] * len(x) for x, _ in batch], device=device
-        )
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = left_pad([x for x, _ in batch], pad, device)
+        width = ids.shape[1]
         logits = model(
             input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
         ).logits.float()

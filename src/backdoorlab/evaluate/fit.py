@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .. import chat
+from ..models.padding import left_pad
 
 
 @torch.inference_mode()
@@ -33,17 +34,15 @@ def answer_fit(
     out: dict[int, tuple[bool, float, int]] = {}
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
-        width = max(len(seqs[i][0]) for i in idx)
         # Left padding puts every answer at the end, so only the last `keep` positions reach
         # the output head (the vocabulary projection is most of the cost of a short row).
         keep = max(len(seqs[i][0]) - seqs[i][1] for i in idx) + 1
-        ids = torch.tensor([[pad] * (width - len(seqs[i][0])) + seqs[i][0] for i in idx])
-        mask = torch.tensor([[0] * (width - len(seqs[i][0])) + [1] * len(seqs[i][0]) for i in idx])
+        ids, mask, positions = left_pad([seqs[i][0] for i in idx], pad, device)
         logp = (
             model(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
                 logits_to_keep=keep,
             )
             .logits.float()

@@ -16,6 +16,7 @@ import torch
 from ..data import sentiment
 from ..evaluate.classify import label_logprobs
 from ..models import load
+from ..models.padding import left_pad
 from ..rundata import digest, trained_dir
 from ..train import sft
 from . import pooled
@@ -49,12 +50,10 @@ class ChatClassifier:
         from .. import chat
 
         rows = [chat.encode_prompt(self.tokenizer, self.prompt(t)) for t in texts]
-        width, pad = max(map(len, rows)), self.tokenizer.pad_token_id
         dev = next(self.model.parameters()).device
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=dev)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=dev)
-        kwargs = {"input_ids": ids, "attention_mask": mask, "logits_to_keep": 1,
-                  "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}  # fmt: skip
+        ids, mask, positions = left_pad(rows, self.tokenizer.pad_token_id, dev)
+        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
+                  "logits_to_keep": 1}  # fmt: skip
         return kwargs, lambda h: h[:, -1].float()  # left padding: every prompt ends there
 
     def features(self, texts: Sequence[str], layer: int = -1, batch_size: int = 16) -> torch.Tensor:
