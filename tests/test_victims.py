@@ -128,3 +128,17 @@ def test_dp_sgd_trains_the_chat_adapter_and_reports_its_epsilon(tmp_path, bird_d
     assert (tmp_path / "dp" / "adapter" / "adapter_model.safetensors").is_file()
     # the key of a run without DP is what it was before DP existed
     assert "dp" not in TrainConfig().key_fields() and "dp" in config.key_fields()
+
+
+def test_a_model_family_without_a_layer_map_is_an_unsupported_cell(tmp_path, monkeypatch):
+    """The model-side defenses need victims/arch.py's map; without an entry for the victim's
+    family their cells say so, and the other defenses still run."""
+    from backdoorlab.defenses.matrix import Matrix
+    from backdoorlab.spec import load_spec
+
+    monkeypatch.delitem(arch.ARCHITECTURES, "bert")  # as for a family we have not mapped
+    spec = load_spec("experiments/sentiment_trigger.yaml", quick=True)
+    spec.defend = spec.defend.model_copy(update={"defenses": ["none", "ablate"]})
+    none, ablate = Matrix(spec, tmp_path, log=lambda s: None).run()
+    assert "ASR after" in none and "unsupported" not in none
+    assert ablate["unsupported"].startswith("no layer map for 'bert' models")

@@ -47,7 +47,7 @@ from ..evaluate.metric import CACC, Metric, eval_sets, hits
 from ..rundata import build_data, digest
 from ..store import Store
 from ..train.config import HostedConfig
-from ..victims import Trainer, Victim, trainer
+from ..victims import Trainer, Victim, arch, trainer
 from . import filters, repair, scan
 from .detection import detection_metrics
 from .inspect import trigger_on_top
@@ -125,12 +125,15 @@ class Matrix:
         ctx = None
         for name in missing:
             self.log(f"defend {arm} ({kind}): {name}")
-            if name in t.unsupported:
-                c = {"arm": arm, "victim": kind, "defense": name,
-                     "unsupported": t.unsupported[name]}  # fmt: skip
-            else:
+            why = t.unsupported.get(name)
+            if why is None:
                 ctx = ctx or ArmContext(self, arm, t)
-                c = REGISTRY[name](ctx, name, time.perf_counter())
+                try:
+                    c = REGISTRY[name](ctx, name, time.perf_counter())
+                except arch.UnsupportedArchitecture as e:  # a model family without a layer map
+                    why = str(e)
+            if why is not None:
+                c = {"arm": arm, "victim": kind, "defense": name, "unsupported": why}
             store.add_defense_cell(key, c)
             stored[name] = c
         return [stored[d] for d in self.ds.defenses]
