@@ -972,10 +972,11 @@ def defend(
     cells = m.run(_names(arms) if arms else None)
     write_report(out_dir, spec.reference)
     t = Table(*fmt.COLUMNS, title="Attack x defense: means [95% CI over test reviews]")
-    for c in map(fmt.shown, cells):
+    shown = [fmt.shown(c) for c in cells]
+    for c in shown:
         t.add_row(*[c.get(k, "-") for k in fmt.COLUMNS])
     out.print(t)
-    for c in map(fmt.shown, cells):  # what the table's columns leave out
+    for c in shown:  # what the table's columns leave out
         for k in ("trigger on top", "unsupported"):
             if k in c:
                 out.print(f"{c['arm']} ({c['victim']}) {c['defense']}: {k}: {c[k]}")
