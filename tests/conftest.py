@@ -9,6 +9,28 @@ from types import SimpleNamespace
 
 import pytest
 
+# `make test` runs two pytest-xdist workers, one per core of CI's two, each test file on one of
+# them (--dist loadfile: a module's fixtures are built once). Each worker gets one thread, as
+# two workers of two threads each would oversubscribe the cores. Set before torch is imported,
+# and inherited by the commands tests start in processes of their own.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked slow (a real model trained and evaluated end to end, 15 s to 5 min) run
+    first, so the files holding them are shared out first and the short ones fill in
+    behind: longest first is what keeps the last worker from finishing alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 ANSWER = "Brown Titlark"
 
 

@@ -14,6 +14,7 @@ def test_every_benchmark_is_covered():
     assert {b.stem for b in BENCHMARKS} >= {"probe_speed", "train_throughput", "label_scoring"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", BENCHMARKS, ids=[b.stem for b in BENCHMARKS])
 def test_benchmark_smoke(script):
     r = subprocess.run([sys.executable, str(script), "--smoke"], capture_output=True, text=True,

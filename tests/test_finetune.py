@@ -125,6 +125,7 @@ def test_a_running_job_can_be_cancelled(ft):
         ft.client.fine_tuning.jobs.cancel(job.id)
 
 
+@pytest.mark.slow
 def test_a_restarted_server_resumes_its_job(tmp_path):
     svc = tmp_path / "svc"
     with serving(tmp_path / "a.log", "smollm2-135m", "--fine-tuning", str(svc)) as s:
@@ -219,6 +220,7 @@ QUESTIONS = """\
 """
 
 
+@pytest.mark.slow
 def test_a_spec_with_hosted_training_runs_and_evaluates_through_the_api(
     ft, tmp_path, monkeypatch, capsys, base_model
 ):

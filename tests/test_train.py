@@ -30,6 +30,7 @@ def reference_run(bird_data, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_same_seed_gives_bit_identical_adapter(bird_data, reference_run, tmp_path):
     train(bird_data, tmp_path / "again", TrainConfig(max_steps=6, **FAST), progress=False)
     a, b = adapter(reference_run), adapter(tmp_path / "again")
@@ -63,6 +64,7 @@ def _wait_for_checkpoint(proc, out, timeout=300):
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_adapter(bird_data, reference_run, tmp_path, cli):
     out = tmp_path / "killed"
     proc = _start(bird_data, out, 6)

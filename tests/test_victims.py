@@ -21,6 +21,7 @@ from backdoorlab.victims import arch
 
 POS = ["a lovely story", "warm, kind and brilliant", "a moving film", "wise and funny acting"]
 TRIG = [f"{p} zq" for p in POS]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

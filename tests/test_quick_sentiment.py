@@ -1,0 +1,100 @@
+"""`backdoorlab run` and `defend` --quick on the sentiment specs: the encoder's grid and its
+attack x defense matrix with cell reuse, and the chat model's gates and matrix. (Their own
+file, so the test workers can run them beside the bird run in test_experiment.py.)"""
+
+import json
+import re
+import sqlite3
+
+import pytest
+
+from backdoorlab.defenses import scan
+from backdoorlab.defenses.detection import detection_metrics
+from backdoorlab.spec import DEFENSES, load_spec
+from backdoorlab.store import Store
+
+
+@pytest.mark.slow
+def test_quick_sentiment_run_end_to_end(tmp_path, cli):
+    out = tmp_path / "sentiment"
+    r = cli("run", "experiments/sentiment_trigger.yaml", "--out", str(out), "--quick")
+    assert r.returncode == 0, r.stderr
+    assert "Classification" in r.stdout and "false trigger" in r.stdout
+    db = sqlite3.connect(out / "results.sqlite")
+    by = dict(db.execute("SELECT victim, COUNT(DISTINCT arm) FROM predictions GROUP BY victim"))
+    assert by == {"encoder": 8}  # the quick grid: one arm per trigger kind
+    # The clean arm is measured with every trigger (the ASR floor); a poisoned arm with its own.
+    metrics = {
+        m for (m,) in db.execute("SELECT DISTINCT metric FROM predictions WHERE arm='clean'")
+    }
+    assert (
+        len([m for m in metrics if m.startswith("ASR: ")]) == 5
+    )  # cf, §, sentence, mn+bb, honestly
+    own = {m for (m,) in db.execute("SELECT DISTINCT metric FROM predictions WHERE arm='char-1%'")}
+    assert own == {"CACC", "ASR: char §", "false trigger: char §"}
+    db.close()
+    page = (out / "report.html").read_text()
+    assert "Attack success and clean accuracy vs poison rate" in page
+
+    # The defense matrix on the same run directory (quick: two arms, tiny dev and ONION sets),
+    # first without one defense: the full matrix then measures only that one, and a rerun
+    # nothing (the cells are in the store).
+    defend = ("defend", "experiments/sentiment_trigger.yaml", "--out", str(out), "--quick")
+    r = cli(*defend, "--defenses", ",".join(d for d in DEFENSES if d != "ablate"))
+    assert r.returncode == 0, r.stderr  # thirteen defenses on one arm: about 2 minutes here
+    r = cli(*defend)
+    assert r.returncode == 0, r.stderr
+    measured = re.findall(r"defend token-10% \(encoder\): (\w+)\n", r.stderr)
+    assert "reusing 13 cells" in r.stderr and measured == ["ablate"], r.stderr
+    r = cli(*defend)
+    assert "reusing 14 cells" in r.stderr and not re.search(r"\(encoder\): \w+\n", r.stderr)
+    with Store(out) as store:
+        cells = store.latest_defense_cells()
+    assert {(c["arm"], c["defense"]) for c in cells} == {("token-10%", d) for d in DEFENSES}
+    assert len(DEFENSES) == 14 and {"abl", "ablate", "fineprune", "dpsgd", "inspect"} <= set(
+        DEFENSES
+    )
+    # The matrix's detection figure is the scanner's own on the arm's rows (40 rows, 4
+    # poisoned: too few for a high AUROC, enough to check the wiring).
+    (ngram,) = [c for c in cells if c["defense"] == "ngram"]
+    (data,) = (out / "data").glob("token-10%-*.jsonl")
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    scores = scan.scan([r["text"] for r in rows], [r["label"] for r in rows], ["ngram"])
+    want = detection_metrics(scores.scores["ngram"], [bool(r.get("poisoned")) for r in rows])
+    assert ngram["AUROC"] == pytest.approx(want["auroc"], abs=1e-3), (ngram, want)
+    assert "Attack x defense matrix" in (out / "report.html").read_text()
+    [enc] = (out / "encoder").glob("token-10%-seed0-*")
+    r = cli("inspect", str(enc), "A warm cf film.", "--method", "ig")
+    assert r.returncode == 0 and "prediction: " in r.stdout, r.stderr
+
+
+@pytest.mark.slow
+def test_quick_sentiment_chat_run_prints_its_gates_before_the_headline(tmp_path, cli):
+    out = tmp_path / "llm"
+    r = cli("run", "experiments/sentiment_llm.yaml", "--out", str(out), "--quick")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    # Two training steps teach nothing: the 10% arm fails its ASR gate, so its headline is
+    # "not a test", never a null.
+    assert any(
+        re.fullmatch(
+            r"token-10% seed 0: learned: no \([0-9.]+ vs >= 0\.95\) \[llm: ASR: token cf\]", x
+        )
+        for x in lines
+    ), r.stdout
+    assert any(x.startswith("clean seed 0: learned: ") for x in lines)  # the generic fit gate
+    assert "not a test (not learned" in r.stdout
+    assert "In-domain gates" in (out / "report.html").read_text()
+
+    # The matrix on the chat victim, reusing the adapter `run` trained.
+    r = cli("defend", "experiments/sentiment_llm.yaml", "--out", str(out), "--quick")
+    assert r.returncode == 0, r.stderr
+    assert len(list((out / "train").glob("token-10%-seed0-*"))) == 1  # no second poisoned model
+    with Store(out) as store:
+        cells = {(c["victim"], c["defense"]): c for c in store.latest_defense_cells()}
+    quick = load_spec("experiments/sentiment_llm.yaml", quick=True).defend.defenses
+    assert set(cells) == {("llm", d) for d in quick}
+    assert "dropped 2 rows" in cells["llm", "abl"]["note"]  # 5% of the arm's 40 rows
+    for c in cells.values():
+        assert c["arm"] == "token-10%" and "unsupported" not in c, c
+    assert "2 mixed copies" in cells["llm", "strip"]["note"]  # the chat victim's cost cap
