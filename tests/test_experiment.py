@@ -1,5 +1,6 @@
 """`backdoorlab run`: the whole pipeline (data, training, probes, questions, judges, report)
-on a sliver of the bird experiment, and a rerun that reuses everything."""
+on a sliver of the bird experiment, a rerun that reuses everything, and --quick runs of the
+gated experiments. The sentiment specs' quick runs are in test_quick_sentiment.py."""
 
 import json
 import sqlite3
