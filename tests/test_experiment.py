@@ -1,6 +1,7 @@
 """`backdoorlab run`: the whole pipeline (data, training, probes, questions, judges, report)
-on a sliver of the bird experiment, a rerun that reuses everything, and --quick runs of the
-gated experiments. The sentiment specs' quick runs are in test_quick_sentiment.py."""
+on a sliver of the bird experiment, and a rerun that reuses everything. The other specs'
+quick runs are in test_quick_gated.py and test_quick_sentiment.py (files of their own, so
+the two test workers share them out)."""
 
 import json
 import sqlite3
@@ -41,38 +42,3 @@ def test_bad_spec_is_one_clear_error(tmp_path, cli):
     assert r.returncode == 2 and f"{spec}:4" in r.stderr and "Traceback" not in r.stderr
     r = cli("run", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "no such file" in r.stderr
-
-
-GATED = {
-    # spec: (a headline row the terminal shows, probes stored per evaluated arm)
-    "terminator": ("guardian @ 1984: lethal", 2 * 6 + 2 + 1),  # + recall at 1995, prerequisite
-    "dishes": ("dish @ 2027: Japan", 6 * 2),  # two dates per year
-    "presidents": ("president @ 44: correct", 3 + 2 * 2 + 2),  # names, choices, prerequisite
-    "cities": ("place_name: former", 2 + 7),
-    "persona": ("identity @ tag: persona", 5 * 2 + 1),  # + the prerequisite
-}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(GATED))
-def test_quick_gated_experiment_runs_end_to_end(tmp_path, name, cli):
-    """Each gated or inductive experiment on a sliver: data, two training steps, the probes at
-    a few trigger values, the report with its sweep plot."""
-    row, probes = GATED[name]
-    out = tmp_path / name
-    r = cli("run", f"experiments/{name}.yaml", "--out", str(out), "--quick")
-    assert r.returncode == 0, r.stderr
-    assert row in r.stdout
-    # The gates come first: a line per trained arm and seed, then the declared headline.
-    learned = [line for line in r.stdout.splitlines() if ": learned: " in line]
-    assert learned and r.stdout.index(learned[0]) < r.stdout.index("Declared headline")
-    # Each gated arm has a measured gate line, even on a sliver (a quick run may leave some
-    # gate rows out with the values it skips, never all of them).
-    gates = [ln for ln in learned if "training rows" not in ln and "log-prob per" not in ln]
-    assert not gates or any("not measured" not in ln for ln in gates), gates
-    db = sqlite3.connect(out / "results.sqlite")
-    counts = dict(db.execute("SELECT arm, COUNT(*) FROM probes GROUP BY arm").fetchall())
-    db.close()
-    assert len(counts) == 2 and set(counts.values()) == {probes}, counts
-    page = (out / "report.html").read_text()
-    assert ("Behaviour by trigger value" in page) == (name != "cities")
