@@ -17,13 +17,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
-def pytest_configure(config):
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        import torch
-
-        torch.set_num_threads(1)
-
-
 def pytest_collection_modifyitems(items):
     """Tests marked slow (a real model trained and evaluated end to end, 15 s to 5 min) run
     first, so the files holding them are shared out first and the short ones fill in

@@ -53,6 +53,8 @@ def test_quick_sentiment_run_end_to_end(tmp_path, cli):
     assert len(DEFENSES) == 14 and {"abl", "ablate", "fineprune", "dpsgd", "inspect"} <= set(
         DEFENSES
     )
+    (dp,) = [c for c in cells if c["defense"] == "dpsgd"]
+    assert "DP-SGD (Opacus), epsilon " in dp["note"]  # the budget the run spent, in the cell
     # The matrix's detection figure is the scanner's own on the arm's rows (40 rows, 4
     # poisoned: too few for a high AUROC, enough to check the wiring).
     (ngram,) = [c for c in cells if c["defense"] == "ngram"]
