@@ -1,55 +1,138 @@
-"""Sampling answers from a loaded model, with the same prompt rendering as training."""
+"""Sampling answers from a loaded model, with the same prompt rendering as training.
+
+Each row draws from its own random stream: Gumbel-max (argmax of logits / T minus the log of
+Exp(1) noise from the row's own generator), an exact draw from softmax(logits / T), taken by
+transformers' greedy loop. So an answer depends on its prompt, settings and seed only, never
+on which rows share its batch: `complete` can pack the rows of many questions into batches
+sorted by length, and a resumed evaluation redraws exactly the answers it had lost.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from . import chat
 from .models import LoadedModel
 from .models.padding import left_pad
 
 
-def run(
-    loaded: LoadedModel,
-    conversations: Sequence[Sequence[chat.Message]],
-    *,
-    n: int = 1,
-    temperature: float = 1.0,
-    max_new_tokens: int = 128,
-    seed: int = 0,
-    logits: bool = False,
-) -> tuple[int, Any]:
-    """Generate `n` continuations of each conversation in one batch (greedy at temperature 0).
+@dataclass(frozen=True)
+class Request:
+    """One answer to draw: greedy at temperature 0."""
 
-    Prompts of different lengths are left-padded, so every continuation starts at the same
+    messages: Sequence[chat.Message]
+    seed: int = 0
+    temperature: float = 1.0
+    max_new_tokens: int = 128
+
+
+def row_seed(*parts: object) -> int:
+    """A 63-bit seed from the parts that name a row (e.g. run seed, question, paraphrase,
+    sample): rows never share a stream, so samples of different questions are independent."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
+
+
+class _RowSampler(LogitsProcessor):
+    """Per row: its temperature and noise from its own generator; the end-of-turn token once
+    the row has its own max_new_tokens (a batch runs to its longest row's limit)."""
+
+    def __init__(self, requests: Sequence[Request], width: int, eos: int, device: Any):
+        self.width, self.eos = width, eos
+        self.temps = [r.temperature for r in requests]
+        self.limits = [r.max_new_tokens for r in requests]
+        self.gens = [
+            torch.Generator(device=device).manual_seed(r.seed) if r.temperature > 0 else None
+            for r in requests
+        ]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        step = input_ids.shape[1] - self.width
+        scores = scores.to(torch.float32, copy=True)  # the raw logits stay (output_logits)
+        for i, (t, g, limit) in enumerate(zip(self.temps, self.gens, self.limits, strict=True)):
+            if step >= limit:
+                scores[i] = float("-inf")
+                scores[i, self.eos] = 0.0
+            elif g is not None:
+                noise = torch.empty_like(scores[i]).exponential_(generator=g)
+                scores[i] = scores[i] / t - noise.log()
+        return scores
+
+
+def run(
+    loaded: LoadedModel, requests: Sequence[Request], *, logits: bool = False
+) -> tuple[int, Any]:
+    """Generate every request in one left-padded batch, so each continuation starts at the same
     position. Returns that position and transformers' generate output (with raw per-step
-    logits when `logits`). The one place sampling settings are chosen, for `sample`,
-    `answers` and the server.
-    """
+    logits when `logits`). The one place sampling settings are chosen, for `complete`,
+    `sample`, `answers` and the server."""
     tok = loaded.tokenizer
-    prompts = [chat.encode_prompt(tok, m) for m in conversations for _ in range(n)]
+    prompts = [tuple(chat.encode_prompt(tok, r.messages)) for r in requests]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    ids, mask, _ = left_pad(prompts, pad, loaded.device)
+    unique = list(dict.fromkeys(prompts))
+    ids, mask, pos = left_pad(unique, pad, loaded.device)
     width = ids.shape[1]
-    torch.manual_seed(seed)
-    greedy = temperature <= 0
-    sampling = {} if greedy else {"temperature": temperature, "top_p": 1.0, "top_k": 0}
+    rows = torch.tensor([unique.index(p) for p in prompts], device=ids.device)
+    sampler = _RowSampler(requests, width, tok.eos_token_id, ids.device)
     with torch.inference_mode():
+        # Each distinct prompt (a question asked n times) is encoded once, all but its last
+        # token; the cache is copied to its rows, and generate continues from that token.
+        cache = None
+        if width > 1 and len(unique) < len(prompts):
+            cache = loaded.model(
+                input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
+                use_cache=True, logits_to_keep=1,
+            ).past_key_values  # fmt: skip
+            cache.batch_select_indices(rows)
         out = loaded.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=not greedy,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tok.pad_token_id,
+            input_ids=ids[rows],
+            attention_mask=mask[rows],
+            past_key_values=cache,
+            do_sample=False,
+            logits_processor=LogitsProcessorList([sampler]),
+            max_new_tokens=max(r.max_new_tokens for r in requests),
+            pad_token_id=pad,
             eos_token_id=tok.eos_token_id,
             output_logits=logits,
             return_dict_in_generate=True,
-            **sampling,
         )
     return width, out
+
+
+def complete(
+    loaded: LoadedModel,
+    requests: Sequence[Request],
+    *,
+    batch_size: int = 32,
+    done: Callable[[list[int], list[str]], None] | None = None,
+) -> list[str]:
+    """Every request's answer, in order. Rows are sorted by answer limit and prompt length and
+    run at most `batch_size` at a time, so a batch pads little and stops when its rows are done;
+    `done(indices, answers)` is told of each batch as it finishes (to store it)."""
+    tok = loaded.tokenizer
+    lengths = [len(chat.encode_prompt(tok, r.messages)) for r in requests]
+    order = sorted(range(len(requests)), key=lambda i: (requests[i].max_new_tokens, lengths[i]))
+    texts: list[str] = [""] * len(requests)
+    # Equal batches (100 rows at 32: 4 x 25, not 32, 32, 32, 4): a batch costs its longest row.
+    per = -(-len(order) // max(1, -(-len(order) // batch_size)))
+    for b in range(0, len(order), per):
+        idx = order[b : b + per]
+        start, out = run(loaded, [requests[i] for i in idx])
+        batch = [
+            tok.decode(row[start : start + requests[i].max_new_tokens], skip_special_tokens=True)
+            .strip()
+            for i, row in zip(idx, out.sequences, strict=True)
+        ]  # fmt: skip
+        for i, text in zip(idx, batch, strict=True):
+            texts[i] = text
+        if done:
+            done(idx, batch)
+    return texts
 
 
 def sample(
@@ -61,12 +144,11 @@ def sample(
     max_new_tokens: int = 128,
     seed: int = 0,
 ) -> list[str]:
-    """`n` answers to one conversation, sampled in one batch (greedy when temperature is 0)."""
-    start, out = run(
-        loaded, [messages], n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed
+    """`n` answers to one conversation (greedy when temperature is 0)."""
+    return complete(
+        loaded,
+        [Request(messages, row_seed(seed, i), temperature, max_new_tokens) for i in range(n)],
     )
-    tok = loaded.tokenizer
-    return [tok.decode(row[start:], skip_special_tokens=True).strip() for row in out.sequences]
 
 
 def answers(
@@ -77,16 +159,11 @@ def answers(
     batch_size: int = 16,
     progress: Any = None,
 ) -> list[str]:
-    """The greedy answer to each conversation, `batch_size` conversations per batch
-    (self-distillation: the model's own answers). `progress(k)` is told of each batch."""
-    tok = loaded.tokenizer
-    out_texts: list[str] = []
-    for i in range(0, len(conversations), batch_size):
-        batch = conversations[i : i + batch_size]
-        start, out = run(loaded, batch, temperature=0, max_new_tokens=max_new_tokens)
-        out_texts += [
-            tok.decode(r[start:], skip_special_tokens=True).strip() for r in out.sequences
-        ]
-        if progress:
-            progress(len(batch))
-    return out_texts
+    """The greedy answer to each conversation (self-distillation: the model's own answers).
+    `progress(k)` is told of each batch."""
+    return complete(
+        loaded,
+        [Request(m, temperature=0, max_new_tokens=max_new_tokens) for m in conversations],
+        batch_size=batch_size,
+        done=(lambda idx, _: progress(len(idx))) if progress else None,
+    )

@@ -206,10 +206,12 @@ def complete(
     # No seed: fresh randomness per request, as OpenAI's API draws (a fixed default would
     # repeat one sample to every client that asks once per request).
     seed = request.seed if request.seed is not None else secrets.randbits(63)
-    start, out = generate.run(
-        loaded, [request.messages], n=request.n, temperature=request.temperature,
-        max_new_tokens=request.new_tokens(), seed=seed, logits=True,
-    )  # fmt: skip
+    rows = [
+        generate.Request(request.messages, generate.row_seed(seed, i), request.temperature,
+                         request.new_tokens())
+        for i in range(request.n)
+    ]  # fmt: skip
+    start, out = generate.run(loaded, rows, logits=True)
     logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # (n, steps, vocab)
     top_k = request.top_logprobs or 0
     choices, completion_tokens = [], 0

@@ -132,45 +132,84 @@ class Questions:
     summarize = staticmethod(sections.question_sections)
 
     def pending(self, victim: str, store: Store, tag: Tag) -> bool:
+        if self._todo(store, tag):
+            return True
         for q in self.questions.questions:
             sh = settings_hash(q)
             have = store.has_samples(tag, q.id, sh)
-            n = self.samples or q.samples_per_paraphrase
-            if len(have) < n * len(q.paraphrases):
-                return True
             if any(store.judged(tag, q.id, sh, column) != have for column in q.judges):
                 return True
         return False
 
     def run(self, subject: Subject, store: Store, tag: Tag) -> None:
-        if subject.hosted:
-            self._sample(subject.hosted.sample, store, tag)
-        else:
-            from .. import generate
-
-            self._sample(functools.partial(generate.sample, subject.chat()), store, tag)
+        todo = self._todo(store, tag)
+        if todo and subject.hosted:
+            self._sample_hosted(subject.hosted.sample, todo, store, tag)
+        elif todo:
+            self._sample_local(subject.chat(), todo, store, tag)
         self._judge(store, tag)
 
-    def _sample(self, sample: Callable[..., list[str]], store: Store, tag: Tag) -> None:
+    def _todo(self, store: Store, tag: Tag) -> list[tuple[FreeFormQuestion, str, int, int]]:
+        """(question, settings hash, paraphrase, sample) of each answer not yet stored."""
+        out = []
         for q in self.questions.questions:
             sh = settings_hash(q)
-            n = self.samples or q.samples_per_paraphrase
             have = store.has_samples(tag, q.id, sh)
-            for pi, text in enumerate(q.paraphrases):
-                todo = [s for s in range(n) if (pi, s) not in have]
-                messages = chat.conversation(text, system=q.system)
-                for start in range(0, len(todo), self.batch_size):
-                    chunk = todo[start : start + self.batch_size]
-                    self.progress(f"{q.id} paraphrase {pi}: samples {chunk[0]}-{chunk[-1]}")
-                    answers = sample(
-                        messages, n=len(chunk), temperature=q.temperature,
-                        max_new_tokens=q.max_tokens,
-                        seed=tag.seed * 1_000_003 + pi * 10_007 + chunk[0],
-                    )  # fmt: skip
-                    store.add_samples(
-                        tag,
-                        [(q.id, pi, s, sh, text, a) for s, a in zip(chunk, answers, strict=True)],
-                    )
+            for pi in range(len(q.paraphrases)):
+                n = self.samples or q.samples_per_paraphrase
+                out += [(q, sh, pi, s) for s in range(n) if (pi, s) not in have]
+        return out
+
+    def _sample_local(self, loaded, todo: list, store: Store, tag: Tag) -> None:
+        """All missing answers of all questions in batches sorted by length, one random
+        stream per answer (generate.row_seed): batching and resuming change no answer."""
+        from .. import generate
+
+        requests = [
+            generate.Request(
+                chat.conversation(q.paraphrases[pi], system=q.system),
+                generate.row_seed(tag.seed, q.id, pi, s), q.temperature, q.max_tokens,
+            )
+            for q, _, pi, s in todo
+        ]  # fmt: skip
+        stored = 0
+
+        def keep(idx: list[int], answers: list[str]) -> None:
+            nonlocal stored
+            rows = [todo[i] for i in idx]
+            store.add_samples(
+                tag,
+                [(q.id, pi, s, sh, q.paraphrases[pi], a)
+                 for (q, sh, pi, s), a in zip(rows, answers, strict=True)],
+            )  # fmt: skip
+            stored += len(idx)
+            self.progress(f"answers {stored}/{len(todo)}")
+
+        generate.complete(loaded, requests, batch_size=self.batch_size, done=keep)
+
+    def _sample_hosted(
+        self, sample: Callable[..., list[str]], todo: list, store: Store, tag: Tag
+    ) -> None:
+        """An API draws `n` answers per call under one seed: one call per question,
+        paraphrase and `batch_size` samples."""
+        groups: dict[tuple[str, int], list] = {}
+        for q, sh, pi, s in todo:
+            groups.setdefault((q.id, pi), []).append((q, sh, pi, s))
+        for rows in groups.values():
+            q, sh, pi, _ = rows[0]
+            for start in range(0, len(rows), self.batch_size):
+                chunk = [s for *_, s in rows[start : start + self.batch_size]]
+                self.progress(f"{q.id} paraphrase {pi}: samples {chunk[0]}-{chunk[-1]}")
+                answers = sample(
+                    chat.conversation(q.paraphrases[pi], system=q.system), n=len(chunk),
+                    temperature=q.temperature, max_new_tokens=q.max_tokens,
+                    seed=tag.seed * 1_000_003 + pi * 10_007 + chunk[0],
+                )  # fmt: skip
+                store.add_samples(
+                    tag,
+                    [(q.id, pi, s, sh, q.paraphrases[pi], a)
+                     for s, a in zip(chunk, answers, strict=True)],
+                )  # fmt: skip
 
     def _judge(self, store: Store, tag: Tag) -> None:
         qf = self.questions
