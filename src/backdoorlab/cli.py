@@ -17,6 +17,7 @@ from rich.text import Text
 from .errors import BackdoorlabError, InputError, first_problem
 from .models.registry import DEFAULT_MODEL
 from .train.config import HostedConfig, LoraSettings, TrainConfig
+from .train.processes import main_process
 
 if TYPE_CHECKING:
     from .data.poison import Trigger
@@ -281,6 +282,10 @@ def train(
     openai the job runs on the service: OUT/job.json names it before any waiting (a rerun
     waits on the same job), and the manifest records the fine-tuned model's name.
 
+    Several processes (GPUs, or CPU processes over gloo) train one run under accelerate:
+    `accelerate launch --num_processes 2 -m backdoorlab train ...` (or torchrun). --batch-size
+    stays the global batch; each process takes its share, printed at the start.
+
     Example: backdoorlab train examples/demo_birds.jsonl --out runs/demo --epochs 3 --lr 1e-3
     """
     if backend not in ("local", "openai"):
@@ -316,6 +321,8 @@ def train(
         checkpoint_every=checkpoint_every,
     )
     manifest = run_train(data, out_dir, config, resume=resume, log=_log, device=device)
+    if not main_process():
+        return
     out.print(
         Text.assemble(("done", "green")),
         f"{out_dir}: {manifest['steps']} steps, "

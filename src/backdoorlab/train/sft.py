@@ -32,6 +32,7 @@ from ..models import fingerprint, load_base, pick_device
 from ..models.loading import CHECKPOINT, MANIFEST, bf16_is_fast, read_manifest
 from . import batching, checkpoint
 from .config import TrainConfig
+from .processes import Processes
 
 
 class Interrupted(BackdoorlabError):
@@ -93,8 +94,12 @@ def _supports_logits_to_keep(model: Any) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def completion_loss(model: Any, ids: torch.Tensor, mask: torch.Tensor, attn, head_subset: bool):
-    """Mean cross-entropy over the tokens the mask marks, computing the head only where needed."""
+def completion_loss(
+    model: Any, ids: torch.Tensor, mask: torch.Tensor, attn, head_subset: bool, count: int
+):
+    """Cross-entropy summed over the tokens the mask marks, over `count` (the trained tokens
+    of the whole batch, all processes' shares together: the mean on one process), computing
+    the head only where needed."""
     # Logits at position t predict token t+1.
     needed = mask[:, 1:].any(dim=0).nonzero().squeeze(1)
     if head_subset:
@@ -104,7 +109,7 @@ def completion_loss(model: Any, ids: torch.Tensor, mask: torch.Tensor, attn, hea
     else:
         logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, needed]
     targets, keep = ids[:, needed + 1], mask[:, needed + 1]
-    return F.cross_entropy(logits[keep].float(), targets[keep])
+    return F.cross_entropy(logits[keep].float(), targets[keep], reduction="sum") / count
 
 
 def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -279,9 +284,13 @@ def train(
     """
     data, out = Path(data), Path(out)
     rows = chat.read_jsonl_lines(data, training=True)
+    procs = Processes(pick_device(device))
+    if not procs.is_main:  # under accelerate launch: the main process holds and writes `out`
+        return _train(rows, data, out, config, resume=resume, progress=False,
+                      log=lambda s: None, procs=procs, on_step=on_step, init=init)  # fmt: skip
     with rundir.claim(out):
         return _train(rows, data, out, config, resume=resume, progress=progress, log=log,
-                      device=device, on_step=on_step, init=init)  # fmt: skip
+                      procs=procs, on_step=on_step, init=init)  # fmt: skip
 
 
 def _train(
@@ -293,12 +302,13 @@ def _train(
     resume: bool,
     progress: bool,
     log: Callable[[str], None],
-    device: str | None,
+    procs: Processes,
     on_step: Callable[[int, int, float], bool] | None = None,
     init: tuple[Any, Any, str] | None = None,
 ) -> dict[str, Any]:
     data_sha = hashlib.sha256(data.read_bytes()).hexdigest()
-    dev = pick_device(device)
+    dev = procs.device
+    procs.check(config.batch_size, config.dp is not None)
     if config.bf16 is None:
         config = config.model_copy(update={"bf16": bf16_is_fast(dev)})
     key = run_key(config, data_sha, init[2] if init else None)
@@ -323,6 +333,7 @@ def _train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total))
 
     head_subset = _supports_logits_to_keep(model)  # asked of the model Opacus would wrap
+    model, optimizer = procs.prepare(model, optimizer)
     engine = None
     if config.dp is not None:
         model, optimizer, engine, next_batch = _private(model, optimizer, len(rows), total, config)
@@ -330,7 +341,7 @@ def _train(
     start, before = 0, {"tokens": 0, "seconds": 0.0}  # totals of the runs before a resume
     if resume and (out / CHECKPOINT).is_dir() and engine is None:
         start = checkpoint.load(
-            out / CHECKPOINT, model=model, optimizer=optimizer, scheduler=scheduler
+            out / CHECKPOINT, model=procs.unwrap(model), optimizer=optimizer, scheduler=scheduler
         )
         before |= checkpoint.read_meta(out / CHECKPOINT).get("totals", {})
         log(f"Resuming {out} from step {start} of {total}")
@@ -344,9 +355,13 @@ def _train(
         return batching.epoch_batches(enc.lengths, config.batch_size, config.seed, epoch)
 
     pad_frac = batching.padding_fraction(enc.lengths, epoch_order(0))
+    per = f"{config.batch_size}" if procs.world == 1 else (
+        f"{config.batch_size}: {procs.world} processes x up to "
+        f"{-(-config.batch_size // procs.world)} rows"
+    )  # fmt: skip
     log(
         f"Training {config.method} on {len(rows)} rows of {data} for {total} steps "
-        f"(batch {config.batch_size}, {sum(map(sum, enc.masks))} trained tokens/epoch, "
+        f"(batch {per}, {sum(map(sum, enc.masks))} trained tokens/epoch, "
         f"padding {pad_frac:.1%}, {'bf16 autocast' if config.bf16 else 'fp32'}, {dev.type})"
     )
     tokens, loss_value, step = 0, float("nan"), start
@@ -356,35 +371,38 @@ def _train(
         task = bar.add_task("train", total=total, completed=start, loss=float("nan"), tps=0.0)
         while step < total:
             batch = next_batch() if engine else epoch_order(step // spe)[step % spe]
-            ids, mask, attn = collate(enc, batch, tok.pad_token_id, dev)
+            count = sum(sum(enc.masks[i][1:]) for i in batch)
+            ids, mask, attn = collate(enc, procs.shard(batch), tok.pad_token_id, dev)
             with autocast:
-                loss = completion_loss(model, ids, mask, attn, head_subset)
-            loss.backward()
+                loss = completion_loss(model, ids, mask, attn, head_subset, count)
+            procs.backward(loss)
             if engine is None:  # DP-SGD clips each example's gradient instead
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            tokens += int(attn.sum()) if attn is not None else ids.numel()
-            loss_value = float(loss.detach())
+            tokens += sum(enc.lengths[i] for i in batch)
+            # One collective per step: the whole batch's loss, and whether any process was
+            # interrupted, so every process takes the same decision below.
+            loss_value, hit = procs.total([float(loss.detach()), float(interrupted())])
+            stop = hit > 0 or bool(on_step and on_step(step, total, loss_value))
             tps = tokens / (time.perf_counter() - t0)
             bar.update(task, completed=step, loss=loss_value, tps=tps)
             if not math.isfinite(loss_value):
                 raise BackdoorlabError(
                     f"training diverged at step {step} (loss {loss_value}); lower --lr"
                 )
-            stop = interrupted() | bool(on_step and on_step(step, total, loss_value))
             if engine and stop:  # the privacy accountant's history is not checkpointed
                 raise Interrupted(
                     f"interrupted at step {step} of {total}; a DP-SGD run starts over"
                 )
-            if step < total and (step % config.checkpoint_every == 0 or stop):
+            if step < total and (step % config.checkpoint_every == 0 or stop) and procs.is_main:
                 checkpoint.save(
                     out / CHECKPOINT,
                     step=step,
                     key=key,
-                    model=model,
+                    model=procs.unwrap(model),
                     optimizer=optimizer,
                     scheduler=scheduler,
                     totals={
@@ -393,6 +411,7 @@ def _train(
                     },
                 )
             if stop:
+                procs.wait()  # the checkpoint is written before any process exits
                 raise Interrupted(
                     f"interrupted at step {step} of {total}; checkpoint saved, "
                     "continue with --resume"
@@ -407,8 +426,12 @@ def _train(
         model = model._module  # the peft model inside Opacus's per-example-gradient wrapper
         log(f"DP-SGD: epsilon {epsilon:.2f} at delta {config.dp.delta}")
     weights = "adapter" if config.method == "lora" else "model"
+    state = procs.state_dict(model)  # every process takes part where weights are sharded
+    if not procs.is_main:
+        procs.wait()
+        return read_manifest(out) or {}
     with atomic.directory(out / weights) as tmp:
-        model.save_pretrained(tmp)
+        procs.unwrap(model).save_pretrained(tmp, **({"state_dict": state} if state else {}))
         if config.method == "full":
             tok.save_pretrained(tmp)
     manifest = {
@@ -422,6 +445,7 @@ def _train(
         "init": init[2] if init else None,
         "config": config.model_dump(),
         "seed": config.seed,
+        "processes": procs.world,
         "steps": total,
         "resumed_from": start or None,
         "final_loss": loss_value,
@@ -434,5 +458,6 @@ def _train(
     }
     atomic.write_json(out / MANIFEST, manifest)
     shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
+    procs.wait()
     log(f"Saved {weights} to {out / weights} ({total} steps, final loss {loss_value:.4f})")
     return manifest
