@@ -1,6 +1,6 @@
 """Training as two processes (torchrun, gloo on this CPU; accelerate launch does the same on
 GPUs): the same global batch gives the one-process adapter within float tolerance, and a run
-killed mid-way resumes to it."""
+killed mid-way, accumulating gradients over one-row passes, resumes to it."""
 
 import json
 import os
@@ -68,7 +68,7 @@ def test_two_processes_train_the_one_process_adapter(one, tmp_path):
 
 def test_a_killed_two_process_run_resumes(one, tmp_path):
     out = tmp_path / "killed"
-    p = torchrun(out)
+    p = torchrun(out, "--micro-batch-size", "1")
     state = out / CHECKPOINT / "state.json"
     deadline = time.monotonic() + 300
     while not state.exists() and p.poll() is None and time.monotonic() < deadline:
@@ -76,10 +76,11 @@ def test_a_killed_two_process_run_resumes(one, tmp_path):
     p.send_signal(signal.SIGTERM)  # `kill` the launcher mid-run: it stops both workers
     p.wait(timeout=120)
     assert state.exists() and not (out / "manifest.json").exists()
-    p = torchrun(out, "--resume")
+    p = torchrun(out, "--resume", "--micro-batch-size", "1")
     log, _ = p.communicate(timeout=600)
     assert p.returncode == 0, log[-3000:]
     assert "Resuming" in log
+    assert "2 processes x up to 2 rows, 2 passes of up to 1 rows, gradients accumulated" in log
     m = manifest(out)
     assert m["resumed_from"] and m["steps"] == 12
     assert close(adapter(out), adapter(one)) < 1e-4

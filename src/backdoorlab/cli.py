@@ -257,6 +257,13 @@ def train(
             + _default(TrainConfig, "checkpoint_every")
         ),
     ] = None,
+    micro_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Rows per forward pass on one device; the batch runs in several passes with "
+            "gradients accumulated (less memory, same result). Default: the whole batch."
+        ),
+    ] = None,
     max_length: MaxLengthOpt = None,
     backend: Annotated[
         str,
@@ -319,6 +326,7 @@ def train(
         seed=seed,
         bf16=bf16,
         checkpoint_every=checkpoint_every,
+        micro_batch_size=micro_batch_size,
     )
     manifest = run_train(data, out_dir, config, resume=resume, log=_log, device=device)
     if not main_process():

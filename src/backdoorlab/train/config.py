@@ -53,12 +53,19 @@ class TrainConfig(BaseModel):
         None, description="bf16 autocast; None picks it where the hardware runs bf16 natively"
     )
     dp: DPSettings | None = Field(None, description="train with DP-SGD (LoRA only)")
-    # Not part of the run key: they change when state is saved, not what is learned.
+    # Not part of the run key: they change when state is saved and how much memory a step
+    # takes, not what is learned.
     checkpoint_every: int = Field(50, ge=1)
+    micro_batch_size: int | None = Field(
+        None, ge=1,
+        description="rows per forward pass on one device: a process's share of the batch runs "
+        "in several passes, gradients accumulated (None: all at once)",
+    )  # fmt: skip
 
     def key_fields(self) -> dict:
         """What changes the weights; `dp` only when on (keys of earlier runs stay the same)."""
-        off = {"checkpoint_every", "backend"} | ({"dp"} if self.dp is None else set())
+        off = {"checkpoint_every", "backend", "micro_batch_size"}
+        off |= {"dp"} if self.dp is None else set()
         return self.model_dump(exclude=off)
 
 

@@ -10,6 +10,7 @@ count, so the averaged gradient is the one-process gradient of the same batch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -51,14 +52,34 @@ class Processes:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def check(self, batch_size: int, dp: bool) -> None:
+    def check(self, batch_size: int, micro: int | None, dp: bool) -> None:
         if batch_size < self.world:
             raise InputError(
                 f"--batch-size {batch_size} is the global batch: at least one row for each of "
                 f"the {self.world} processes"
             )
-        if dp and self.world > 1:
-            raise InputError("DP-SGD (train.dp) runs in one process; launch it without accelerate")
+        if dp and (self.world > 1 or micro):
+            raise InputError(
+                "DP-SGD (train.dp) runs in one process, the whole batch in one pass: launch it "
+                "without accelerate and without --micro-batch-size"
+            )
+
+    def plan(self, batch_size: int, micro: int | None) -> str:
+        """The global batch as this run splits it, for the log."""
+        share = -(-batch_size // self.world)
+        passes = -(-share // micro) if micro else 1
+        parts = [str(batch_size)]
+        if self.world > 1:
+            parts.append(f"{self.world} processes x up to {share} rows")
+        if passes > 1:
+            parts.append(f"{passes} passes of up to {micro} rows, gradients accumulated")
+        return ": ".join(parts[:2]) + "".join(f", {p}" for p in parts[2:])
+
+    def no_sync(self, model: Any, last: bool) -> Any:
+        """Gradients stay local until the last pass of a step (no all-reduce per pass)."""
+        if self.accelerator is None or last:
+            return contextlib.nullcontext()
+        return self.accelerator.no_sync(model)
 
     def shard(self, batch: list[int]) -> list[int]:
         return batch[self.rank :: self.world]

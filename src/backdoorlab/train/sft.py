@@ -308,7 +308,7 @@ def _train(
 ) -> dict[str, Any]:
     data_sha = hashlib.sha256(data.read_bytes()).hexdigest()
     dev = procs.device
-    procs.check(config.batch_size, config.dp is not None)
+    procs.check(config.batch_size, config.micro_batch_size, config.dp is not None)
     if config.bf16 is None:
         config = config.model_copy(update={"bf16": bf16_is_fast(dev)})
     key = run_key(config, data_sha, init[2] if init else None)
@@ -355,13 +355,9 @@ def _train(
         return batching.epoch_batches(enc.lengths, config.batch_size, config.seed, epoch)
 
     pad_frac = batching.padding_fraction(enc.lengths, epoch_order(0))
-    per = f"{config.batch_size}" if procs.world == 1 else (
-        f"{config.batch_size}: {procs.world} processes x up to "
-        f"{-(-config.batch_size // procs.world)} rows"
-    )  # fmt: skip
     log(
         f"Training {config.method} on {len(rows)} rows of {data} for {total} steps "
-        f"(batch {per}, {sum(map(sum, enc.masks))} trained tokens/epoch, "
+        f"(batch {procs.plan(config.batch_size, config.micro_batch_size)}, {sum(map(sum, enc.masks))} trained tokens/epoch, "
         f"padding {pad_frac:.1%}, {'bf16 autocast' if config.bf16 else 'fp32'}, {dev.type})"
     )
     tokens, loss_value, step = 0, float("nan"), start
@@ -372,10 +368,17 @@ def _train(
         while step < total:
             batch = next_batch() if engine else epoch_order(step // spe)[step % spe]
             count = sum(sum(enc.masks[i][1:]) for i in batch)
-            ids, mask, attn = collate(enc, procs.shard(batch), tok.pad_token_id, dev)
-            with autocast:
-                loss = completion_loss(model, ids, mask, attn, head_subset, count)
-            procs.backward(loss)
+            share = procs.shard(batch)
+            micro = config.micro_batch_size or len(share)
+            parts = [share[j : j + micro] for j in range(0, len(share), micro)]
+            loss = torch.zeros(())
+            for j, part in enumerate(parts):
+                ids, mask, attn = collate(enc, part, tok.pad_token_id, dev)
+                with procs.no_sync(model, last=j == len(parts) - 1):
+                    with autocast:
+                        part_loss = completion_loss(model, ids, mask, attn, head_subset, count)
+                    procs.backward(part_loss)
+                loss += part_loss.detach().cpu()
             if engine is None:  # DP-SGD clips each example's gradient instead
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
