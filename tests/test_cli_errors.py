@@ -42,6 +42,8 @@ def test_bad_training_flag_names_the_flag(capsys, data, tmp_path, flag, value):
     [(["generate", "smollm2-135m", "hi", "-n", "0"], "-n"),
      (["generate", "smollm2-135m", "hi", "--max-new-tokens", "0"], "--max-new-tokens"),
      (["run", "experiments/birds.yaml", "--out", "x", "--seeds", "0"], "--seeds"),
+     (["run", "experiments/birds.yaml", "--out", "x", "--executor", "spark"], "--executor"),
+     (["run", "experiments/birds.yaml", "--out", "x", "--address", "h:6379"], "--executor ray"),
      (["serve", "smollm2-135m", "--port", "99999"], "--port"),
      (["train", "d.jsonl", "--out", "x", "--lr", "fast"], "--lr")],
 )  # fmt: skip

@@ -1,18 +1,34 @@
 """`backdoorlab run` and `defend` --quick on the chat model's sentiment spec: its gates
-before the headline, and its matrix on the adapter `run` trained."""
+before the headline, its matrix on the adapter `run` trained, and the same run as Ray tasks
+(a local Ray instance on this machine's 2 CPUs) giving the same results store."""
 
+import json
+import math
 import re
+import sqlite3
+from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
+from backdoorlab import executors
+from backdoorlab.errors import InputError
 from backdoorlab.spec import load_spec
 from backdoorlab.store import Store
 
+pytestmark = pytest.mark.slow
+SPEC = "experiments/sentiment_llm.yaml"
+RESULTS = ("arm_info", "predictions", "fit", "probes", "samples", "judgements")
 
-@pytest.mark.slow
-def test_quick_sentiment_chat_run_prints_its_gates_before_the_headline(tmp_path, cli):
-    out = tmp_path / "llm"
-    r = cli("run", "experiments/sentiment_llm.yaml", "--out", str(out), "--quick")
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "llm"
+    return out, run_cli("run", SPEC, "--out", str(out), "--quick")
+
+
+def test_quick_sentiment_chat_run_prints_its_gates_before_the_headline(local, cli):
+    out, r = local
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     # Two training steps teach nothing: the 10% arm fails its ASR gate, so its headline is
@@ -39,3 +55,37 @@ def test_quick_sentiment_chat_run_prints_its_gates_before_the_headline(tmp_path,
     for c in cells.values():
         assert c["arm"] == "token-10%" and "unsupported" not in c, c
     assert "2 mixed copies" in cells["llm", "strip"]["note"]  # the chat victim's cost cap
+
+
+def rows(out: Path, table: str) -> list[tuple]:
+    with sqlite3.connect(out / "results.sqlite") as db:
+        return sorted(db.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
+
+
+def same(a: tuple, b: tuple) -> bool:
+    # Ray's tasks train on one thread each, the local run on two: fp32 sums in another order.
+    return len(a) == len(b) and all(
+        math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-4) if isinstance(x, float) else x == y
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_ray_executor_fills_the_same_store_and_a_rerun_schedules_nothing(local, tmp_path):
+    out = tmp_path / "ray"
+    r = run_cli("run", SPEC, "--out", str(out), "--quick", "--executor", "ray")
+    assert r.returncode == 0, r.stderr
+    assert "ray: 6 tasks scheduled" in r.stderr  # 3 trainings, 3 evaluations
+    for table in RESULTS:
+        mine, theirs = rows(out, table), rows(local[0], table)
+        assert len(mine) == len(theirs), table
+        assert all(same(a, b) for a, b in zip(mine, theirs, strict=True)), table
+    r = run_cli("run", SPEC, "--out", str(out), "--quick", "--executor", "ray")
+    assert r.returncode == 0, r.stderr
+    assert "ray: 0 tasks scheduled" in r.stderr
+    stages = json.loads((out / "timings.json").read_text())
+    assert {s for name, _, s in stages if name.startswith(("train", "evaluate"))} == {"reused"}
+
+
+def test_a_task_that_cannot_see_the_run_directory_says_so(tmp_path):
+    with pytest.raises(InputError, match="filesystem every node shares"):
+        executors.check_visible(tmp_path / "elsewhere")

@@ -677,6 +677,18 @@ def run_experiment(
             "others adds them to the same OUT."
         ),
     ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="local: every training and evaluation here, one after another; ray: each as a "
+            "Ray task (a GPU each where the cluster has them, else a CPU), OUT on a filesystem "
+            "every node shares. Needs pip install 'backdoorlab[ray]'."
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="--executor ray: the cluster's address (default: Ray on this machine)."),
+    ] = None,
     device: DeviceOpt = None,
 ) -> None:
     """Run an experiment end to end: build data, train every arm x seed, evaluate, report.
@@ -702,12 +714,16 @@ def run_experiment(
             if name not in chosen:
                 arm.victims = []  # left out, as --quick leaves arms out
     _quiet_libraries()
-    timings, report = experiment.run(spec, out_dir, device=device, log=_log)
+    timings, report = experiment.run(
+        spec, out_dir, device=device, log=_log, executor=executor, address=address
+    )
     sections = report.sections
     t = Table("stage", "seconds", "status", title="Timing")
     for name, secs, status in timings.rows:
         t.add_row(name, f"{secs:.1f}", status)
     t.add_row("total", f"{timings.total():.1f}", "")
+    if executor != "local":
+        t.add_row("wall clock (tasks in parallel)", f"{timings.wall:.1f}", "")
     out.print(t)
     _print_assessment(report)
     rows = {

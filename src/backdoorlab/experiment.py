@@ -4,15 +4,16 @@ interrupted run resumes (training from its last checkpoint, evaluation from the 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from . import atomic, rundir
+from . import atomic, executors, rundir
 from .catalog import load_probe_set
 from .data import sentiment
 from .data.sentiment import SentimentData
@@ -33,6 +34,7 @@ class Timings:
     """Seconds per stage, and whether the stage did work or reused earlier results."""
 
     rows: list[tuple[str, float, str]] = field(default_factory=list)
+    wall: float = 0.0  # the run's own seconds (rows overlap when tasks run in parallel)
 
     @contextmanager
     def stage(self, name: str, note: str = "ran") -> Iterator[list[str]]:
@@ -120,14 +122,92 @@ def run(
     device: str | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    executor: str = "local",
+    address: str | None = None,
 ) -> tuple[Timings, Report]:
+    """`executor`: where trainings and evaluations run (executors.py); `address`: a Ray
+    cluster's (default: a Ray instance on this machine)."""
+    executors.check(executor, address)  # before anything is written
     with rundir.claim(out):
-        return _run(spec, out, device=device, log=log, progress=progress)
+        atomic.write_text(out / "spec.json", spec.model_dump_json(indent=2))
+        ex = executors.make(executor, out, address)
+        try:
+            return _run(spec, out, ex, device=device, log=log, progress=progress)
+        finally:
+            ex.close()
+
+
+_EVALUATIONS: dict[str, task.Task] = {}
+
+
+def _evaluation(spec: ExperimentSpec, data: dict[str, Path], device: str | None) -> task.Task:
+    """The spec's scorers (probes, questions and their judges, classification, fit), built
+    once per process: judges load models."""
+    key = json.dumps([spec.model_dump_json(), sorted((k, str(v)) for k, v in data.items()),
+                      device])  # fmt: skip
+    if key not in _EVALUATIONS:
+        probe_sets = [load_probe_set(p) for p in spec.evaluate.probes]
+        scorers: list[task.Scorer] = [
+            task.Probes(probe_sets, spec.evaluate.probe_variants, spec.evaluate.sweep_values)
+        ]
+        qf = _questions(spec)
+        if qf:
+            judges = build_judges(qf.judges, "api", spec.model, device)
+            scorers.append(task.Questions(qf, judges, samples=spec.evaluate.samples))
+        sets_of = _classification_sets(spec)
+        if sets_of:
+            scorers.append(task.Classification(sets_of, sentiment.LABELS, sentiment.prompt))
+        _EVALUATIONS[key] = task.Task([*scorers, task.Fit(data, spec.fit.rows)])
+    return _EVALUATIONS[key]
+
+
+def _train_llm(data: Path, run_dir: Path, config, device, progress: bool, log) -> float:
+    t0 = time.perf_counter()
+    sft.train(data, run_dir, config, resume=True, progress=progress, log=log, device=device)
+    return time.perf_counter() - t0
+
+
+def _train_encoder(data: Path, enc_dir: Path, config, device, log) -> float:
+    t0 = time.perf_counter()
+    encoder.train_encoder(data, enc_dir, config, sentiment.LABELS, log=log, device=_device(device))
+    return time.perf_counter() - t0
+
+
+def _evaluate(
+    spec: ExperimentSpec, out: Path, data: dict[str, Path], victim: str, tag_of: tuple,
+    target: Target, device: str | None, log, trained: float | None = None,
+) -> tuple[float, str]:  # fmt: skip
+    """One (arm, seed, victim)'s evaluation into the store; `trained` is the training it
+    waited for (a Ray executor passes that task's handle, so this starts after it)."""
+    from .models import load
+
+    del trained
+    t0 = time.perf_counter()
+    evaluation = _evaluation(spec, data, device)
+    name, seed = tag_of
+    api = HostedChat(target.name) if target.hosted else None
+    ident = api.identity if api else task.model_hash(target.name)
+    tag = Tag(arm=name, seed=seed, model_hash=ident)
+    with Store(out) as store:
+        if not evaluation.pending(victim, store, tag, remote=target.hosted):
+            return time.perf_counter() - t0, "reused"  # everything is stored: no model loads
+        before = _counts(store)
+        if victim == "encoder":
+            clf = encoder.EncoderClassifier(Path(target.name), sentiment.LABELS, _device(device))
+            subject = task.Subject("encoder", predict=clf.predict)
+        elif api:
+            subject = task.Subject("llm", hosted=api)
+        else:
+            subject = task.Subject("llm", loaded=load(target.name, device=device))
+        evaluation.run(subject, store, tag)
+        status = "reused" if _counts(store) == before else "ran"
+    return time.perf_counter() - t0, status
 
 
 def _run(
     spec: ExperimentSpec,
     out: Path,
+    ex: executors.Local | executors.Ray,
     *,
     device: str | None,
     log: Callable[[str], None],
@@ -138,19 +218,20 @@ def _run(
     log(
         f"experiment {spec.name}: arms {', '.join(a for a in spec.arms if spec.victims_of(a))}; "
         f"seeds {spec.seeds}; model {spec.model} -> {out}"
+        + (f"; executor {ex.name}" if ex.name != "local" else "")
     )
     timings = Timings()
-    probe_sets = [load_probe_set(p) for p in spec.evaluate.probes]
-    qf = _questions(spec)
-    judges = build_judges(qf.judges, "api", spec.model, device) if qf else {}
-    atomic.write_text(out / "spec.json", spec.model_dump_json(indent=2))
+    t0 = time.perf_counter()
+    progress = progress and ex.name == "local"  # bars from parallel tasks would interleave
 
     with timings.stage("build data"):
         data = build_data(spec, out, device)
 
-    # What each (arm, seed, victim) evaluates: a chat model, or an encoder directory.
+    # What each (arm, seed, victim) evaluates: a chat model, or an encoder directory; and the
+    # training it needs first, submitted unless its run directory already holds it.
     remote = isinstance(spec.train, HostedConfig)
     targets: dict[tuple[str, int, str], Target] = {}
+    trainings: dict[tuple[str, int, str], tuple[str, Any]] = {}
     for name, arm in spec.arms.items():
         for seed in spec.seeds:
             victims = spec.victims_of(name)
@@ -161,73 +242,64 @@ def _run(
             if "llm" in victims:
                 config = spec.train_config(seed)
                 run_dir = trained_dir(out, "llm", name, seed, config.key_fields(), data[name])
-                reused = (run_dir / "manifest.json").is_file()
-                with timings.stage(f"train {name} seed {seed}", "reused" if reused else "ran"):
-                    log(f"train {name} seed {seed} -> {run_dir}")
-                    if isinstance(config, HostedConfig):
+                label = f"train {name} seed {seed}"
+                if isinstance(config, HostedConfig):  # a job on the service: waited for here
+                    with timings.stage(label):
+                        log(f"{label} -> {run_dir}")
                         job = hosted.train(data[name], run_dir, config, log=log)
-                        targets[(name, seed, "llm")] = Target(job["fine_tuned_model"], True)
-                    else:
-                        sft.train(
-                            data[name], run_dir, config, resume=True, progress=progress,
-                            log=log, device=device,
-                        )  # fmt: skip
-                        targets[(name, seed, "llm")] = Target(str(run_dir))
+                    targets[(name, seed, "llm")] = Target(job["fine_tuned_model"], True)
+                    continue
+                targets[(name, seed, "llm")] = Target(str(run_dir))
+                if (run_dir / "manifest.json").is_file():
+                    timings.rows.append((label, 0.0, "reused"))
+                    continue
+                log(f"{label} -> {run_dir}")
+                trainings[(name, seed, "llm")] = (label, ex.submit(
+                    _train_llm, data[name], run_dir, config, device, progress, log
+                ))  # fmt: skip
             if "encoder" in victims:
                 config = spec.encoder.model_copy(update={"seed": seed})
                 enc_dir = trained_dir(out, "encoder", name, seed, config.key_fields(), data[name])
-                reused = (enc_dir / encoder.MANIFEST).is_file()
-                with timings.stage(
-                    f"train encoder {name} seed {seed}", "reused" if reused else "ran"
-                ):
-                    log(f"train encoder {name} seed {seed} -> {enc_dir}")
-                    encoder.train_encoder(
-                        data[name],
-                        enc_dir,
-                        config,
-                        sentiment.LABELS,
-                        log=log,
-                        device=_device(device),
-                    )
+                label = f"train encoder {name} seed {seed}"
                 targets[(name, seed, "encoder")] = Target(str(enc_dir))
+                if (enc_dir / encoder.MANIFEST).is_file():
+                    timings.rows.append((label, 0.0, "reused"))
+                    continue
+                log(f"{label} -> {enc_dir}")
+                trainings[(name, seed, "encoder")] = (label, ex.submit(
+                    _train_encoder, data[name], enc_dir, config, device, log
+                ))  # fmt: skip
 
-    scorers: list[task.Scorer] = [
-        task.Probes(probe_sets, spec.evaluate.probe_variants, spec.evaluate.sweep_values)
-    ]
-    if qf:
-        scorers.append(task.Questions(qf, judges, samples=spec.evaluate.samples))
-    fit = task.Fit(data, spec.fit.rows)
-    sets_of = _classification_sets(spec)
-    if sets_of:
-        scorers.append(task.Classification(sets_of, sentiment.LABELS, sentiment.prompt))
-    evaluation = task.Task([*scorers, fit])
+    evaluation = _evaluation(spec, data, device)
     with Store(out) as store:
         for name, arm in spec.arms.items():
             store.set_arm_info(name, arm.data.info() if arm.data else {})
+        evaluations = []
         for (name, seed, victim), target in targets.items():
-            api = HostedChat(target.name) if target.hosted else None
-            ident = api.identity if api else task.model_hash(target.name)
-            tag = Tag(arm=name, seed=seed, model_hash=ident)
-            before = _counts(store)
             label = f"evaluate {name} seed {seed}" + (" (encoder)" if victim == "encoder" else "")
-            with timings.stage(label) as status:
-                log(label)
+            training = trainings.get((name, seed, victim))
+            if training is None:
+                tag = Tag(
+                    arm=name, seed=seed,
+                    model_hash=HostedChat(target.name).identity if target.hosted
+                    else task.model_hash(target.name),
+                )  # fmt: skip
                 if not evaluation.pending(victim, store, tag, remote=target.hosted):
-                    status[0] = "reused"  # everything is stored: the model need not load
+                    timings.rows.append((label, 0.0, "reused"))
                     continue
-                if victim == "encoder":
-                    clf = encoder.EncoderClassifier(
-                        Path(target.name), sentiment.LABELS, _device(device)
-                    )
-                    subject = task.Subject("encoder", predict=clf.predict)
-                elif api:
-                    subject = task.Subject("llm", hosted=api)
-                else:
-                    subject = task.Subject("llm", loaded=load(target.name, device=device))
-                evaluation.run(subject, store, tag)
-                del subject  # one model in memory at a time
-                if _counts(store) == before:
-                    status[0] = "reused"
+            log(label)
+            handle = ex.submit(
+                _evaluate, spec, out, data, victim, (name, seed), target, device, log,
+                training[1] if training else None,
+            )  # fmt: skip
+            evaluations.append((label, handle))
+        for label, handle in trainings.values():
+            timings.rows.append((label, ex.result(handle), "ran"))
+        for label, handle in evaluations:
+            seconds, status = ex.result(handle)
+            timings.rows.append((label, seconds, status))
+        if ex.name != "local":
+            log(f"{ex.name}: {ex.scheduled} tasks scheduled")
 
         # The base model on each trained arm's rows: what the generic gate's gain is against
         # (a hosted model gives no log-probs of whole answers: no generic gate).
@@ -239,6 +311,7 @@ def _run(
         def base_tag(arm: str) -> Tag:
             return Tag(arm=arm, seed=-1, model_hash=base_hash)
 
+        fit = next(s for s in evaluation.scorers if isinstance(s, task.Fit))
         todo = [n for n in trained if not store.has_fit(base_tag(n), task.data_hash(data[n]))]
         if todo:
             with timings.stage("fit of the base model"):
@@ -250,5 +323,6 @@ def _run(
 
     with timings.stage("report"):
         report = write_report(out, spec.reference)
+    timings.wall = time.perf_counter() - t0
     atomic.write_json(out / "timings.json", [list(r) for r in timings.rows])
     return timings, report
