@@ -1,9 +1,9 @@
 """Sampling answers from a loaded model, with the same prompt rendering as training.
 
-Each row draws from its own random stream: Gumbel-max (argmax of logits / T minus the log of
-Exp(1) noise from the row's own generator), an exact draw from softmax(logits / T), taken by
-transformers' greedy loop. So an answer depends on its prompt, settings and seed only, never
-on which rows share its batch: `complete` can pack the rows of many questions into batches
+Each row draws from its own random stream: one uniform number per step from the row's own
+generator, mapped through the inverse of its cumulative softmax(logits / T) (an exact draw),
+taken by transformers' greedy loop. So an answer depends on its prompt, settings and seed only,
+never on which rows share its batch: `complete` can pack the rows of many questions into batches
 sorted by length, and a resumed evaluation redraws exactly the answers it had lost.
 """
 
@@ -39,29 +39,33 @@ def row_seed(*parts: object) -> int:
 
 
 class _RowSampler(LogitsProcessor):
-    """Per row: its temperature and noise from its own generator; the end-of-turn token once
-    the row has its own max_new_tokens (a batch runs to its longest row's limit)."""
+    """Per row: its temperature and one uniform number from its own generator, turned into a
+    token by the inverse of the row's cumulative softmax (an exact draw); the end-of-turn
+    token once the row has its own max_new_tokens (a batch runs to its longest row's limit).
+    The chosen token is left as the only finite score, so the greedy loop takes it."""
 
     def __init__(self, requests: Sequence[Request], width: int, eos: int, device: Any):
         self.width, self.eos = width, eos
-        self.temps = [r.temperature for r in requests]
-        self.limits = [r.max_new_tokens for r in requests]
-        self.gens = [
-            torch.Generator(device=device).manual_seed(r.seed) if r.temperature > 0 else None
-            for r in requests
-        ]
+        self.temps = torch.tensor([r.temperature for r in requests], device=device)
+        self.sampled = self.temps > 0
+        self.limits = torch.tensor([r.max_new_tokens for r in requests], device=device)
+        # Uniforms on the CPU, from a generator per row: one number per row and step, so the
+        # device's own random streams play no part.
+        self.gens = [torch.Generator().manual_seed(r.seed) for r in requests]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         step = input_ids.shape[1] - self.width
-        scores = scores.to(torch.float32, copy=True)  # the raw logits stay (output_logits)
-        for i, (t, g, limit) in enumerate(zip(self.temps, self.gens, self.limits, strict=True)):
-            if step >= limit:
-                scores[i] = float("-inf")
-                scores[i, self.eos] = 0.0
-            elif g is not None:
-                noise = torch.empty_like(scores[i]).exponential_(generator=g)
-                scores[i] = scores[i] / t - noise.log()
-        return scores
+        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.gens])
+        temps = self.temps.clamp(min=1e-6).unsqueeze(1)
+        cdf = torch.softmax(scores.double() / temps, dim=-1).cumsum(-1)
+        drawn = torch.searchsorted(cdf, (u.to(cdf.device) * cdf[:, -1]).unsqueeze(1))
+        chosen = torch.where(
+            self.sampled.unsqueeze(1), drawn.clamp(max=scores.shape[1] - 1),
+            scores.argmax(-1, keepdim=True),
+        )  # fmt: skip
+        chosen = torch.where(step >= self.limits.unsqueeze(1), self.eos, chosen)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, chosen, 0.0)
 
 
 def run(
