@@ -164,7 +164,7 @@ class Questions:
 
     def _sample_local(self, loaded, todo: list, store: Store, tag: Tag) -> None:
         """All missing answers of all questions in batches sorted by length, one random
-        stream per answer (generate.row_seed): batching and resuming change no answer."""
+        stream per answer (generate.row_seed), whatever the batch or a resume leaves out."""
         from .. import generate
 
         requests = [
