@@ -243,14 +243,15 @@ def _run(
                 config = spec.train_config(seed)
                 run_dir = trained_dir(out, "llm", name, seed, config.key_fields(), data[name])
                 label = f"train {name} seed {seed}"
+                reused = (run_dir / "manifest.json").is_file()
                 if isinstance(config, HostedConfig):  # a job on the service: waited for here
-                    with timings.stage(label):
+                    with timings.stage(label, "reused" if reused else "ran"):
                         log(f"{label} -> {run_dir}")
                         job = hosted.train(data[name], run_dir, config, log=log)
                     targets[(name, seed, "llm")] = Target(job["fine_tuned_model"], True)
                     continue
                 targets[(name, seed, "llm")] = Target(str(run_dir))
-                if (run_dir / "manifest.json").is_file():
+                if reused:
                     timings.rows.append((label, 0.0, "reused"))
                     continue
                 log(f"{label} -> {run_dir}")
