@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from train_throughput import matmul_gflops  # this script's folder is on sys.path
 
 from backdoorlab import chat, generate
 from backdoorlab.evaluate.questions import load_questions
@@ -38,16 +39,6 @@ from backdoorlab.models.padding import left_pad
 from backdoorlab.models.registry import BUNDLED, DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def matmul_gflops(n: int = 1024, seconds: float = 1.0) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        reps += 1
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
 class Counted:
@@ -157,7 +148,7 @@ def main() -> None:
         for s in range(a.samples)
     ]
     prompts = [chat.encode_prompt(tok, r.messages) for r in requests]
-    gflops = matmul_gflops()
+    gflops = matmul_gflops(1024, 1024, 1024, torch.float32)
     params = sum(x.numel() for x in loaded.model.parameters())
     threads = torch.get_num_threads()
     print(f"{len(requests)} answers ({len(qs)} questions x {a.samples}), up to {a.max_tokens} "
