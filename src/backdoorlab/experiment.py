@@ -161,6 +161,16 @@ def _evaluation(spec: ExperimentSpec, data: dict[str, Path], device: str | None)
     return _EVALUATIONS[key]
 
 
+def _tag(name: str, seed: int, target: Target, api: HostedChat | None = None) -> Tag:
+    """Where an (arm, seed)'s results are stored: keyed by the model's content identity
+    (a hosted target's endpoint and name; `api`: its client, if one is already made)."""
+    if target.hosted:
+        ident = (api or HostedChat(target.name)).identity
+    else:
+        ident = task.model_hash(target.name)
+    return Tag(arm=name, seed=seed, model_hash=ident)
+
+
 def _train_llm(data: Path, run_dir: Path, config, device, progress: bool, log) -> float:
     t0 = time.perf_counter()
     sft.train(data, run_dir, config, resume=True, progress=progress, log=log, device=device)
@@ -184,10 +194,8 @@ def _evaluate(
     del trained
     t0 = time.perf_counter()
     evaluation = _evaluation(spec, data, device)
-    name, seed = tag_of
     api = HostedChat(target.name) if target.hosted else None
-    ident = api.identity if api else task.model_hash(target.name)
-    tag = Tag(arm=name, seed=seed, model_hash=ident)
+    tag = _tag(*tag_of, target, api)
     with Store(out) as store:
         if not evaluation.pending(victim, store, tag, remote=target.hosted):
             return time.perf_counter() - t0, "reused"  # everything is stored: no model loads
@@ -280,11 +288,7 @@ def _run(
             label = f"evaluate {name} seed {seed}" + (" (encoder)" if victim == "encoder" else "")
             training = trainings.get((name, seed, victim))
             if training is None:
-                tag = Tag(
-                    arm=name, seed=seed,
-                    model_hash=HostedChat(target.name).identity if target.hosted
-                    else task.model_hash(target.name),
-                )  # fmt: skip
+                tag = _tag(name, seed, target)
                 if not evaluation.pending(victim, store, tag, remote=target.hosted):
                     timings.rows.append((label, 0.0, "reused"))
                     continue
