@@ -148,7 +148,12 @@ def _evaluation(spec: ExperimentSpec, data: dict[str, Path], device: str | None)
     if key not in _EVALUATIONS:
         probe_sets = [load_probe_set(p) for p in spec.evaluate.probes]
         scorers: list[task.Scorer] = [
-            task.Probes(probe_sets, spec.evaluate.probe_variants, spec.evaluate.sweep_values)
+            task.Probes(
+                probe_sets,
+                spec.evaluate.probe_variants,
+                spec.evaluate.sweep_values,
+                spec.evaluate.probe_candidates,
+            )
         ]
         qf = _questions(spec)
         if qf:

@@ -56,6 +56,9 @@ class EvalSpec(BaseModel):
 
     probes: list[str] = ["eras"]
     probe_variants: int | None = Field(None, ge=1, description="score only each probe's first N")
+    probe_candidates: int | None = Field(
+        None, ge=1, description="score only each probe class's first N candidates"
+    )
     sweep_values: list[str] | None = Field(
         None, description="score sweep probes (GROUP.QUESTION@VALUE) only at these values"
     )

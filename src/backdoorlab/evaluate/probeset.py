@@ -76,6 +76,16 @@ class Probe(BaseModel):
             for pre in prefixes
         ]
 
+    def first(self, n: int | None) -> Probe:
+        """This probe with each class cut to its first `n` candidates (a quick run's sliver:
+        the bird names' 659 candidates are 82% of the tokens its probes feed)."""
+        if n is None:
+            return self
+        cut = {
+            k: (v.expand() if isinstance(v, YearRange) else v)[:n] for k, v in self.classes.items()
+        }
+        return self.model_copy(update={"classes": cut})
+
     def definition_hash(self) -> str:
         """Identity of what is asked and scored: stored results of an edited probe are not reused."""
         d = self.model_dump(mode="json")

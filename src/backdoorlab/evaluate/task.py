@@ -89,6 +89,7 @@ class Probes:
     probe_sets: list[ProbeSet]
     max_variants: int | None = None  # score only each probe's first N variants
     sweep_values: list[str] | None = None  # sweep probes only at these trigger values
+    max_candidates: int | None = None  # score only each class's first N candidates
     victims: ClassVar[frozenset[str]] = frozenset({"llm"})
     remote: ClassVar[bool] = False  # whole-candidate log-probs: see evaluate.hosted
     summarize = staticmethod(sections.probe_sections)
@@ -100,7 +101,7 @@ class Probes:
                 key = sweep_key(p.id)
                 if key and self.sweep_values is not None and key[1] not in self.sweep_values:
                     continue
-                for i, v in enumerate(p.variants()[: self.max_variants]):
+                for i, v in enumerate(p.first(self.max_candidates).variants()[: self.max_variants]):
                     h = v.definition_hash()
                     if (p.id, i, h) not in done:
                         yield p.id, i, h, v
