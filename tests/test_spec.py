@@ -73,7 +73,7 @@ def test_the_shipped_sentiment_grids_expand_to_their_arm_names():
     assert cf.rate == 0.03 and cf.trigger.token == "cf"
     assert spec.arms["multi-0.5%"].data.poison.trigger.kind == "multi"
     quick = load_spec("experiments/sentiment_llm.yaml", quick=True)
-    assert [a for a in quick.arms if quick.victims_of(a)] == ["clean", "token-1%", "token-10%"]
+    assert [a for a in quick.arms if quick.victims_of(a)] == ["clean", "token-10%"]
 
 
 @pytest.mark.parametrize(
