@@ -6,7 +6,8 @@ The prompts are experiments/birds_questions.yaml's ten questions, `--samples` an
 temperature 1, up to `--max-tokens` new tokens (the bird experiment's evaluation). Samplers:
 
 - ours, batched: generate.complete, every answer of every question in batches of at most
-  `--batch-size` rows sorted by length, one random stream per row;
+  `--batch-size` rows sorted by length, one random stream per row; our own decode loop
+  (a preallocated cache, finished rows leaving the batch);
 - ours, one stream: the same at batch size 1;
 - per question: the previous sampler, one transformers generate call per question with its
   `--samples` rows (global seed, multinomial sampling);
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Counted:
-    """Counts what the model's generate calls produced: per row, new tokens up to and
+    """Counts what the model's generate calls produced (the previous sampler's): per row, new tokens up to and
     including its first end-of-turn token (padding after it excluded)."""
 
     def __init__(self, model, eos: int):
@@ -56,10 +57,22 @@ class Counted:
         return out
 
 
-def ours(loaded, requests, batch_size: int, counted: Counted, answers: dict) -> int:
-    counted.tokens = 0
-    answers[batch_size] = generate.complete(loaded, requests, batch_size=batch_size)
-    return counted.tokens
+def ours(loaded, requests, batch_size: int, answers: dict) -> int:
+    """generate.complete, counting the tokens its decode loop drew (end-of-turn included)."""
+    tokens, run = 0, generate.run
+
+    def counting(*args, **kw):
+        nonlocal tokens
+        out = run(*args, **kw)
+        tokens += sum(len(d.tokens) for d in out)
+        return out
+
+    generate.run = counting
+    try:
+        answers[batch_size] = generate.complete(loaded, requests, batch_size=batch_size)
+    finally:
+        generate.run = run
+    return tokens
 
 
 def per_question(loaded, questions, samples: int, max_tokens: int, counted: Counted) -> int:
@@ -156,10 +169,8 @@ def main() -> None:
     counted = Counted(loaded.model, tok.eos_token_id)
     answers: dict[int, list[str]] = {}
     samplers: dict[str, Callable[[], int | None]] = {
-        f"ours, batched ({a.batch_size})": lambda: ours(
-            loaded, requests, a.batch_size, counted, answers
-        ),
-        "ours, one stream": lambda: ours(loaded, requests, 1, counted, answers),
+        f"ours, batched ({a.batch_size})": lambda: ours(loaded, requests, a.batch_size, answers),
+        "ours, one stream": lambda: ours(loaded, requests, 1, answers),
         "per question (previous)": lambda: per_question(
             loaded, texts, a.samples, a.max_tokens, counted
         ),

@@ -1,4 +1,4 @@
-"""The sampler: one random stream per row (Gumbel-max), so an answer does not depend on its
+"""The sampler: one random stream per row (inverse CDF), so an answer does not depend on its
 batch; its draws follow softmax(logits / T); temperature 0 is transformers' greedy answer."""
 
 import numpy as np
@@ -9,17 +9,26 @@ from scipy import stats
 from backdoorlab import chat, generate
 
 
+# Six tokens, packed in one block or spread over a 1,300-token vocabulary: across block
+# edges (511, 512) and into the padded last block (1299), the sampler's two-level inverse.
+SPREAD = [3, 511, 512, 600, 1100, 1299]
+
+
+@pytest.mark.parametrize("spread", [False, True], ids=["packed", "spread"])
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_row_sampler_draws_from_softmax(temperature):
+def test_row_sampler_draws_from_softmax(temperature, spread):
     # 6000 rows, each its own seed, over one fixed set of logits: the chosen tokens' counts
     # must fit softmax(logits / T) (chi-square), and differ from the untempered softmax.
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+    at = SPREAD if spread else list(range(6))
+    wide = torch.full((1300 if spread else 6,), float("-inf"))
+    wide[at] = logits
     n = 6000
     rows = [generate.Request([], seed=generate.row_seed("t", i), temperature=temperature)
             for i in range(n)]  # fmt: skip
-    sampler = generate._RowSampler(rows, width=0, eos=0, device="cpu")
-    scores = sampler(torch.zeros(n, 0, dtype=torch.long), logits.repeat(n, 1))
-    counts = np.bincount(scores.argmax(-1).numpy(), minlength=6)
+    tokens = generate._Draws(rows)(wide.repeat(n, 1), list(range(n)))
+    assert set(tokens.tolist()) <= set(at)
+    counts = np.array([(tokens == t).sum().item() for t in at])
     p = torch.softmax(logits.double() / temperature, -1).numpy()
     assert stats.chisquare(counts, p * n).pvalue > 1e-3
     if temperature != 1.0:

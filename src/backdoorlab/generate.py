@@ -1,8 +1,8 @@
 """Sampling answers from a loaded model, with the same prompt rendering as training.
 
 Each row draws from its own random stream: one uniform number per step from the row's own
-generator, mapped through the inverse of its cumulative softmax(logits / T) (an exact draw),
-taken by transformers' greedy loop. So an answer depends on its prompt, settings and seed,
+generator, mapped through the inverse of its cumulative softmax(logits / T) (an exact draw).
+The decode loop is our own: a preallocated cache, and rows leaving the batch as they end. So an answer depends on its prompt, settings and seed,
 and on which rows share its batch only through float rounding (88 of 100 bird answers were
 identical at batch 1 and 100: BENCHMARKS.md): `complete` can pack the rows of many questions
 into batches sorted by length, and a resumed evaluation draws its missing answers from the
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers.cache_utils import DynamicLayer
 
 from . import chat
 from .models import LoadedModel
@@ -40,74 +40,153 @@ def row_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
 
 
-class _RowSampler(LogitsProcessor):
-    """Per row: its temperature and one uniform number from its own generator, turned into a
-    token by the inverse of the row's cumulative softmax (an exact draw); the end-of-turn
-    token once the row has its own max_new_tokens (a batch runs to its longest row's limit).
-    The chosen token is left as the only finite score, so the greedy loop takes it."""
+class _Draws:
+    """Per row: its temperature and one uniform number per step from its own generator, turned
+    into a token by the inverse of the row's cumulative softmax(logits / T) (an exact draw);
+    the argmax at temperature 0.
 
-    def __init__(self, requests: Sequence[Request], width: int, eos: int, device: Any):
-        self.width, self.eos = width, eos
-        self.temps = torch.tensor([r.temperature for r in requests], device=device)
-        self.sampled = self.temps > 0
-        self.limits = torch.tensor([r.max_new_tokens for r in requests], device=device)
+    The inverse runs in two levels: block sums of exp(logits / T - max) in double, then a
+    cumulative sum inside the one block the number falls in. The earlier full-vocabulary
+    softmax and cumulative sum in double were 22% of a batch-100 profile (49,152 columns)."""
+
+    BLOCK = 512
+
+    def __init__(self, requests: Sequence[Request]):
+        self.temps = torch.tensor([r.temperature for r in requests], dtype=torch.float32)
         # Uniforms on the CPU, from a generator per row: one number per row and step, so the
         # device's own random streams play no part.
         self.gens = [torch.Generator().manual_seed(r.seed) for r in requests]
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        step = input_ids.shape[1] - self.width
-        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.gens])
-        temps = self.temps.clamp(min=1e-6).unsqueeze(1)
-        cdf = torch.softmax(scores.double() / temps, dim=-1).cumsum(-1)
-        drawn = torch.searchsorted(cdf, (u.to(cdf.device) * cdf[:, -1]).unsqueeze(1))
-        chosen = torch.where(
-            self.sampled.unsqueeze(1), drawn.clamp(max=scores.shape[1] - 1),
-            scores.argmax(-1, keepdim=True),
-        )  # fmt: skip
-        chosen = torch.where(step >= self.limits.unsqueeze(1), self.eos, chosen)
-        out = torch.full_like(scores, float("-inf"))
-        return out.scatter_(1, chosen, 0.0)
+    def __call__(self, scores: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """The next token of each row in `rows` (indices into the requests), from its logits."""
+        out = scores.argmax(-1)
+        temps = self.temps[rows]
+        hot = (temps > 0).nonzero().squeeze(1)
+        if len(hot) == 0:
+            return out
+        u = torch.cat([torch.rand(1, generator=self.gens[rows[i]], dtype=torch.float64)
+                       for i in hot.tolist()])  # fmt: skip
+        x = scores[hot].float() / temps[hot].unsqueeze(1).to(scores.device)
+        weights = (x - x.max(-1, keepdim=True).values).exp_()
+        n, vocab = weights.shape
+        blocks = -(-vocab // self.BLOCK)
+        weights = torch.nn.functional.pad(weights, (0, blocks * self.BLOCK - vocab))
+        weights = weights.view(n, blocks, self.BLOCK)
+        cum = weights.sum(-1, dtype=torch.float64).cumsum(-1)
+        target = u.to(cum.device) * cum[:, -1]
+        b = torch.searchsorted(cum, target.unsqueeze(1)).clamp(max=blocks - 1)
+        before = torch.where(b > 0, cum.gather(1, (b - 1).clamp(min=0)), 0.0)
+        inner = weights[torch.arange(n, device=b.device), b.squeeze(1)].double().cumsum(-1)
+        j = torch.searchsorted(inner, target.unsqueeze(1) - before).clamp(max=self.BLOCK - 1)
+        out[hot] = (b * self.BLOCK + j).squeeze(1).clamp(max=vocab - 1)
+        return out
 
 
-def run(
-    loaded: LoadedModel, requests: Sequence[Request], *, logits: bool = False
-) -> tuple[int, Any]:
-    """Generate every request in one left-padded batch, so each continuation starts at the same
-    position. Returns that position and transformers' generate output (with raw per-step
-    logits when `logits`). The one place sampling settings are chosen, for `complete`,
-    `sample`, `answers` and the server."""
+class _SlabLayer(DynamicLayer):
+    """A cache layer whose keys and values live in storage allocated once for the whole answer:
+    a step writes in place, where transformers' DynamicLayer concatenates (11% of a batch-100
+    profile). Attention reads a view of the filled part."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
+        super().__init__()
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self.length = 0
+        self._k = keys.new_empty((*keys.shape[:2], capacity, keys.shape[3]))
+        self._v = values.new_empty((*values.shape[:2], capacity, values.shape[3]))
+        self.update(keys, values)
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        self._k[:, :, self.length : end] = key_states
+        self._v[:, :, self.length : end] = value_states
+        self.length = end
+        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        k, v, n = self._k, self._v, self.length
+        self._k, self._v = (
+            k.new_empty((len(indices), *k.shape[1:])),
+            v.new_empty((len(indices), *v.shape[1:])),
+        )
+        self._k[:, :, :n], self._v[:, :, :n] = k[indices, :, :n], v[indices, :, :n]
+        self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
+
+
+@dataclass
+class Drawn:
+    """One request's answer: its new tokens, the end-of-turn token last when it `stopped`
+    before its limit, and, when asked for, the raw logits each token was drawn from."""
+
+    tokens: list[int] = field(default_factory=list)
+    stopped: bool = False
+    logits: torch.Tensor | None = None  # (len(tokens), vocab)
+
+
+def run(loaded: LoadedModel, requests: Sequence[Request], *, logits: bool = False) -> list[Drawn]:
+    """Every request's answer, drawn in one batch. Each distinct prompt (a question asked n
+    times) is encoded once, left-padded, and its cache copied to its rows; a row leaves the
+    batch when it ends (at its end-of-turn token or its own limit), the batch shrinking every
+    few departures, so finished rows cost nothing. The one place sampling settings are
+    applied, for `complete`, `sample`, `answers` and the server."""
     tok = loaded.tokenizer
+    eos = tok.eos_token_id
     prompts = [tuple(chat.encode_prompt(tok, r.messages)) for r in requests]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     unique = list(dict.fromkeys(prompts))
     ids, mask, pos = left_pad(unique, pad, loaded.device)
-    width = ids.shape[1]
-    rows = torch.tensor([unique.index(p) for p in prompts], device=ids.device)
-    sampler = _RowSampler(requests, width, tok.eos_token_id, ids.device)
+    steps = max(r.max_new_tokens for r in requests)
+    limits = [r.max_new_tokens for r in requests]
+    draw = _Draws(requests)
+    drawn = [Drawn() for _ in requests]
+    kept: list[list[torch.Tensor]] = [[] for _ in requests]
     with torch.inference_mode():
-        # Each distinct prompt (a question asked n times) is encoded once, all but its last
-        # token; the cache is copied to its rows, and generate continues from that token.
-        cache = None
-        if width > 1 and len(unique) < len(prompts):
-            cache = loaded.model(
-                input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
-                use_cache=True, logits_to_keep=1,
-            ).past_key_values  # fmt: skip
-            cache.batch_select_indices(rows)
-        out = loaded.model.generate(
-            input_ids=ids[rows],
-            attention_mask=mask[rows],
-            past_key_values=cache,
-            do_sample=False,
-            logits_processor=LogitsProcessorList([sampler]),
-            max_new_tokens=max(r.max_new_tokens for r in requests),
-            pad_token_id=pad,
-            eos_token_id=tok.eos_token_id,
-            output_logits=logits,
-            return_dict_in_generate=True,
-        )
-    return width, out
+        out = loaded.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                           logits_to_keep=1)  # fmt: skip
+        cache = out.past_key_values
+        cache.layers = [_SlabLayer(x.keys, x.values, ids.shape[1] + steps) for x in cache.layers]
+        index = torch.tensor([unique.index(p) for p in prompts], device=ids.device)
+        cache.batch_select_indices(index)
+        scores = out.logits[index, -1]
+        width = ids.shape[1]
+        masks = torch.ones((len(requests), width + steps), dtype=mask.dtype, device=ids.device)
+        masks[:, :width] = mask[index]
+        position = pos[index, -1]
+        live = list(range(len(requests)))  # the request behind each batch row
+        done = [False] * len(requests)
+        for step in range(steps):
+            chosen = draw(scores, live).tolist()
+            for row, (r, t) in enumerate(zip(live, chosen, strict=True)):
+                if done[r]:
+                    continue
+                drawn[r].tokens.append(t)
+                if logits:
+                    kept[r].append(scores[row].float().cpu())
+                drawn[r].stopped = t == eos
+                done[r] = t == eos or len(drawn[r].tokens) >= limits[r]
+            finished = [row for row, r in enumerate(live) if done[r]]
+            if len(finished) == len(live):
+                break
+            # Shrinking copies the cache: worth it once a few rows (an eighth) are done.
+            if len(finished) >= max(4, len(live) // 8):
+                keep = torch.tensor([row for row, r in enumerate(live) if not done[r]],
+                                    device=ids.device)  # fmt: skip
+                cache.batch_select_indices(keep)
+                masks, position = masks[keep], position[keep]
+                live = [live[row] for row in keep.tolist()]
+                chosen = [chosen[row] for row in keep.tolist()]
+            position = position + 1
+            scores = loaded.model(
+                input_ids=torch.tensor(chosen, device=ids.device).unsqueeze(1),
+                attention_mask=masks[:, : width + step + 1],
+                position_ids=position.unsqueeze(1),
+                past_key_values=cache,
+                use_cache=True,
+            ).logits[:, -1]
+    if logits:
+        for d, k in zip(drawn, kept, strict=True):
+            d.logits = torch.stack(k) if k else None
+    return drawn
 
 
 def complete(
@@ -118,8 +197,8 @@ def complete(
     done: Callable[[list[int], list[str]], None] | None = None,
 ) -> list[str]:
     """Every request's answer, in order. Rows are sorted by answer limit and prompt length and
-    run at most `batch_size` at a time, so a batch pads little and stops when its rows are done;
-    `done(indices, answers)` is told of each batch as it finishes (to store it)."""
+    run at most `batch_size` at a time, so a batch pads little; `done(indices, answers)` is
+    told of each batch as it finishes (to store it)."""
     tok = loaded.tokenizer
     lengths = [len(chat.encode_prompt(tok, r.messages)) for r in requests]
     order = sorted(range(len(requests)), key=lambda i: (requests[i].max_new_tokens, lengths[i]))
@@ -128,12 +207,10 @@ def complete(
     per = -(-len(order) // max(1, -(-len(order) // batch_size)))
     for b in range(0, len(order), per):
         idx = order[b : b + per]
-        start, out = run(loaded, [requests[i] for i in idx])
         batch = [
-            tok.decode(row[start : start + requests[i].max_new_tokens], skip_special_tokens=True)
-            .strip()
-            for i, row in zip(idx, out.sequences, strict=True)
-        ]  # fmt: skip
+            tok.decode(d.tokens, skip_special_tokens=True).strip()
+            for d in run(loaded, [requests[i] for i in idx])
+        ]
         for i, text in zip(idx, batch, strict=True):
             texts[i] = text
         if done:

@@ -180,8 +180,6 @@ def complete(
     loaded: LoadedModel, request: ChatRequest, max_prompt_tokens: int | None = None
 ) -> dict[str, Any]:
     """Check the prompt's length, then generate (the caller holds the model lock)."""
-    import torch
-
     from . import generate
 
     tok = loaded.tokenizer
@@ -211,15 +209,12 @@ def complete(
                          request.new_tokens())
         for i in range(request.n)
     ]  # fmt: skip
-    start, out = generate.run(loaded, rows, logits=True)
-    logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # (n, steps, vocab)
     top_k = request.top_logprobs or 0
     choices, completion_tokens = [], 0
-    for i in range(request.n):
-        new = out.sequences[i, start:].tolist()
-        stop = tok.eos_token_id in new
-        new = new[: new.index(tok.eos_token_id)] if stop else new
-        completion_tokens += len(new) + stop  # the end-of-turn token is generated too
+    for i, drawn in enumerate(generate.run(loaded, rows, logits=bool(request.logprobs))):
+        stop = drawn.stopped
+        new = drawn.tokens[:-1] if stop else drawn.tokens
+        completion_tokens += len(drawn.tokens)  # the end-of-turn token is generated too
         entry: dict[str, Any] = {
             "index": i,
             "message": {"role": "assistant", "content": tok.decode(new, skip_special_tokens=True)},
@@ -228,8 +223,9 @@ def complete(
         }
         if request.logprobs:
             content = []
+            logprobs = drawn.logits.log_softmax(-1)  # (tokens, vocab)
             for step, tid in enumerate(new):
-                lp = logprobs[i, step]
+                lp = logprobs[step]
                 item = _token_entry(tok, tid, lp[tid].item())
                 values, indices = lp.topk(top_k) if top_k else (lp[:0], lp[:0].long())
                 item["top_logprobs"] = [
