@@ -8,7 +8,6 @@ from scipy import stats
 
 from backdoorlab import chat, generate
 
-
 # Six tokens, packed in one block or spread over a 1,300-token vocabulary: across block
 # edges (511, 512) and into the padded last block (1299), the sampler's two-level inverse.
 SPREAD = [3, 511, 512, 600, 1100, 1299]
