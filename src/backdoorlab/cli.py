@@ -30,6 +30,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Markdown: a docstring's paragraphs reflow to the terminal (plain rich mode kept the
+    # source's line breaks after the first paragraph, mid-sentence in a narrow window).
+    rich_markup_mode="markdown",
 )
 models_app = typer.Typer(
     help="Models backdoorlab knows and where their weights are.", no_args_is_help=True
@@ -580,6 +583,7 @@ def evaluate(
 
     Example: backdoorlab eval runs/demo --out runs/compare --arm birds; backdoorlab eval
     smollm2-135m --out runs/compare --arm base; backdoorlab report runs/compare.
+
     A sentiment backdoor: backdoorlab eval runs/sentiment_llm/train/token-10%-seed0-* --out
     runs/check --arm token-10% -p none --classify 100 --trigger '{kind: token, token: cf}'
     """
