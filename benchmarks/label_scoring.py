@@ -17,6 +17,7 @@ the same label for every review (and their largest log-probability difference).
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 import warnings
 
@@ -78,3 +79,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

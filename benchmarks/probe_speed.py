@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import resource
 import time
 import warnings
 
@@ -83,3 +84,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

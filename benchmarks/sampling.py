@@ -1,6 +1,7 @@
 """Sampling throughput on the bundled model, every sampler on the same prompts in one run:
 
-    python benchmarks/sampling.py [--samples 10] [--max-tokens 80] [--batch-size 32] [--smoke]
+    python benchmarks/sampling.py [--samples 10] [--max-tokens 80] [--batch-size 100]
+        [--only ours,one,previous,cb,llama] [--profile] [--smoke]
 
 The prompts are experiments/birds_questions.yaml's ten questions, `--samples` answers each,
 temperature 1, up to `--max-tokens` new tokens (the bird experiment's evaluation). Samplers:
@@ -134,6 +135,16 @@ def timed(fn: Callable[[], int | None]) -> tuple[int | None, float]:
     return n, time.perf_counter() - t0
 
 
+def profiled(fn: Callable[[], int | None]) -> tuple[int | None, float]:
+    """`timed`, under torch.profiler, printing the operators' shares of CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        n, s = timed(fn)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    return n, s
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -148,6 +159,9 @@ def main() -> None:
         "--only", default="", help="comma-separated samplers to run: ours,one,previous,cb,llama"
     )
     p.add_argument("--smoke", action="store_true", help="2 questions, 2 samples, 4 tokens")
+    p.add_argument(
+        "--profile", action="store_true", help="print each sampler's top operators by CPU time"
+    )
     a = p.parse_args()
     if a.smoke:
         a.samples, a.max_tokens, a.questions = 2, 4, 2
@@ -184,7 +198,7 @@ def main() -> None:
         samplers = {short[k]: samplers[short[k]] for k in a.only.split(",")}
     rates: dict[str, float] = {}
     for name, fn in samplers.items():
-        n, s = timed(fn)
+        n, s = timed(fn) if not a.profile else profiled(fn)
         if n is None:
             print(f"{name:<36} not installed (pip install -e .[bench])")
             continue

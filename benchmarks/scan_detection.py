@@ -11,6 +11,7 @@ and prints AUROC, AUPRC and TPR at 1% FPR against the poison flags, and seconds 
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 from backdoorlab.defenses import scan
@@ -50,3 +51,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

@@ -2,11 +2,11 @@
 
 Each row draws from its own random stream: one uniform number per step from the row's own
 generator, mapped through the inverse of its cumulative softmax(logits / T) (an exact draw).
-The decode loop is our own: a preallocated cache, and rows leaving the batch as they end. So an answer depends on its prompt, settings and seed,
-and on which rows share its batch only through float rounding (88 of 100 bird answers were
-identical at batch 1 and 100: BENCHMARKS.md): `complete` can pack the rows of many questions
-into batches sorted by length, and a resumed evaluation draws its missing answers from the
-same streams.
+So an answer depends on its prompt, settings and seed, and on which rows share its batch only
+through float rounding (91 of 100 bird answers were identical at batch 1 and 100:
+BENCHMARKS.md): `complete` can pack the rows of many questions into batches sorted by length,
+and a resumed evaluation draws its missing answers from the same streams. The decode loop is
+our own (`run`): a cache allocated once per batch, rows leaving the batch as they end.
 """
 
 from __future__ import annotations
