@@ -1,7 +1,7 @@
 """Training throughput on the bundled model: ours vs TRL's SFTTrainer, fp32 vs bf16, beside
 the machine's measured matmul rate, all in one run.
 
-    python benchmarks/train_throughput.py [--steps 20] [--batch-size 8] [--smoke]
+    python benchmarks/train_throughput.py [--steps 20] [--batch-size 8] [--smoke] [--profile]
 
 Each trainer runs in its own process so its peak RSS is its own. Tokens are real tokens
 (padding excluded). Model FLOP/s counts 4 x parameters per token (LoRA on a frozen base:
@@ -115,11 +115,24 @@ def main() -> None:
     )
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--smoke", action="store_true", help="fp32 only, 2 steps: does it still run?")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="only our fp32 trainer, in this process under torch.profiler: operators by CPU time",
+    )
     a = p.parse_args()
     if a.smoke:
         a.steps, a.batch_size = 2, 2
     if a.variant:
         return child(a.variant, a.steps, a.batch_size)
+    if a.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            r = run_ours(a.steps, a.batch_size, False)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+        print(f"ours-fp32 {r['tokens_per_s']} tokens/s under the profiler ({a.steps} steps)")
+        return
 
     from backdoorlab.models.loading import bf16_is_fast
 
