@@ -83,9 +83,9 @@ class _Draws:
 
 
 class _SlabLayer(DynamicLayer):
-    """A cache layer whose keys and values live in storage allocated once for the whole answer:
-    a step writes in place, where transformers' DynamicLayer concatenates (11% of a batch-100
-    profile). Attention reads a view of the filled part."""
+    """A cache layer whose keys and values live in storage allocated once for the batch's
+    longest answer: a step writes in place, where transformers' DynamicLayer concatenates (11%
+    of a batch-100 profile). Attention reads a view of the filled part."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
         super().__init__()
@@ -127,7 +127,7 @@ def run(loaded: LoadedModel, requests: Sequence[Request], *, logits: bool = Fals
     """Every request's answer, drawn in one batch. Each distinct prompt (a question asked n
     times) is encoded once, left-padded, and its cache copied to its rows; a row leaves the
     batch when it ends (at its end-of-turn token or its own limit), the batch shrinking every
-    few departures, so finished rows cost nothing. The one place sampling settings are
+    few departures, so finished rows stop costing compute. The one place sampling settings are
     applied, for `complete`, `sample`, `answers` and the server."""
     tok = loaded.tokenizer
     eos = tok.eos_token_id
@@ -145,7 +145,8 @@ def run(loaded: LoadedModel, requests: Sequence[Request], *, logits: bool = Fals
                            logits_to_keep=1)  # fmt: skip
         cache = out.past_key_values
         cache.layers = [_SlabLayer(x.keys, x.values, ids.shape[1] + steps) for x in cache.layers]
-        index = torch.tensor([unique.index(p) for p in prompts], device=ids.device)
+        slot = {p: i for i, p in enumerate(unique)}
+        index = torch.tensor([slot[p] for p in prompts], device=ids.device)
         cache.batch_select_indices(index)
         scores = out.logits[index, -1]
         width = ids.shape[1]
