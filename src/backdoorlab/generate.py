@@ -47,7 +47,8 @@ class _Draws:
 
     The inverse runs in two levels: block sums of exp(logits / T - max) in double, then a
     cumulative sum inside the one block the number falls in. The earlier full-vocabulary
-    softmax and cumulative sum in double were 22% of a batch-100 profile (49,152 columns)."""
+    softmax, cumulative sum, division and argmax in double were 16% of a batch-100 profile
+    (49,152 columns; BENCHMARKS.md)."""
 
     BLOCK = 512
 
