@@ -114,6 +114,16 @@ def test_variants_are_every_phrasing_with_every_prefix():
         probes.score(None, None, p)
 
 
+def test_first_cuts_every_class_and_is_a_probe_of_its_own():
+    cut = SMALL_YEARS.first(3)
+    assert [c for _, c in cut.candidates()] == ["1830", "1831", "1832", "2018", "2019", "2020"]
+    assert cut.definition_hash() != SMALL_YEARS.definition_hash()  # never reused as the full one
+    assert PREFIXED.first(1).classes == {"1800s": ["1838"], "now": ["2024"], "short": ["18"]}
+    assert SMALL_YEARS.first(None) is SMALL_YEARS and SMALL_YEARS.first(100).candidates() == (
+        SMALL_YEARS.candidates()
+    )
+
+
 def test_tempering_reaches_the_target_entropy_and_keeps_the_order():
     r = ProbeResult("p", ["a", "b", "c", "d"], ["old", "old", "new", "new"], [0, -1, -3, -6])
     for target in (0.3, 0.9, 1.3):

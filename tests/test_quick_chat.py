@@ -1,6 +1,6 @@
 """`backdoorlab run` and `defend` --quick on the chat model's sentiment spec: its gates
-before the headline, its matrix on the adapter `run` trained, and the same run as Ray tasks
-(a local Ray instance on this machine's 2 CPUs) giving the same results store."""
+before the headline, its matrix on the adapter `run` trained, and one arm of the same run as
+Ray tasks (a local Ray instance on this machine's 2 CPUs) giving the same rows in the store."""
 
 import json
 import math
