@@ -60,9 +60,12 @@ class _Draws:
 
     def __call__(self, scores: torch.Tensor, rows: list[int]) -> torch.Tensor:
         """The next token of each row in `rows` (indices into the requests), from its logits."""
-        out = scores.argmax(-1)
         temps = self.temps[rows]
         hot = (temps > 0).nonzero().squeeze(1)
+        out = torch.empty(len(rows), dtype=torch.long, device=scores.device)
+        cold = (temps == 0).nonzero().squeeze(1)
+        if len(cold):  # argmax only where it is the answer: every row of a sampled batch is hot
+            out[cold] = scores[cold].argmax(-1)
         if len(hot) == 0:
             return out
         u = torch.cat([torch.rand(1, generator=self.gens[rows[i]], dtype=torch.float64)
