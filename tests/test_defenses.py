@@ -255,8 +255,54 @@ def test_ablating_the_trigger_direction_and_fine_pruning(tmp_path):
     assert torch.equal(again, neurons) and out.weight[:, neurons].abs().sum() == 0
 
 
-def test_every_defense_a_spec_may_name_is_registered_once():
+def test_every_defense_a_spec_may_name_is_registered_once_with_its_settings():
     from backdoorlab.defenses.matrix import REGISTRY
-    from backdoorlab.spec import DEFENSES
+    from backdoorlab.defenses.settings import CONFIGS, CONFIGURABLE
+    from backdoorlab.spec import DEFENSES, DefendSpec
 
-    assert sorted(REGISTRY) == sorted(DEFENSES)
+    assert sorted(REGISTRY) == sorted(DEFENSES) == sorted(CONFIGS)
+    # a defense with settings is a defend: key of its name, typed by its own class
+    assert {n: DefendSpec.model_fields[n].annotation for n in CONFIGURABLE} == {
+        n: CONFIGS[n] for n in CONFIGURABLE
+    }
+
+
+def test_cells_stored_before_per_defense_settings_are_reused_then_keyed_per_defense(tmp_path):
+    """A store from before per-defense settings filed all of an arm's cells under one key;
+    the matrix still finds them there (nothing is measured), files them under their own keys,
+    and from then on a changed setting of one defense misses that defense's cell only."""
+    from backdoorlab.defenses.matrix import Matrix
+    from backdoorlab.defenses.settings import OnionConfig
+    from backdoorlab.spec import load_spec
+    from backdoorlab.store import Store
+    from backdoorlab.victims import trainer
+
+    spec = load_spec("experiments/sentiment_trigger.yaml", quick=True)
+    spec.defend = spec.defend.model_copy(update={"defenses": ["none", "onion", "ngram"]})
+    logs: list[str] = []
+    m = Matrix(spec, tmp_path, log=logs.append)
+    arm_key = m.arm_key("token-10%", trainer("encoder", spec, tmp_path, "cpu", logs.append))
+    # the key the code before per-defense settings (f717ea9) computed for this arm and spec
+    legacy = m.legacy_key(arm_key, "encoder")
+    assert legacy == "87615772fe95"
+    cells = {
+        d: {"arm": "token-10%", "victim": "encoder", "defense": d} for d in spec.defend.defenses
+    }
+    with Store(tmp_path) as store:
+        for c in cells.values():
+            store.add_defense_cell(legacy, c)
+    assert m.run(["token-10%"]) == list(cells.values())
+    assert logs == ["defend token-10% (encoder): reusing 3 cells"]  # nothing measured
+
+    spec.defend = spec.defend.model_copy(update={"onion": OnionConfig(items=3), "remove": 0.2})
+    changed = Matrix(spec, tmp_path)
+    keys = {d: changed.cell_key(arm_key, d, "encoder") for d in cells}
+    with Store(tmp_path) as store:
+        assert set(store.defense_cells("token-10%", "encoder", keys)) == {"none"}
+    # the chat victim's keys see its caps: 30 or 40 ONION items are both its cap of 20
+    wide = [
+        Matrix(spec.model_copy(update={"defend": spec.defend.model_copy(update={"onion": o})}),
+               tmp_path).cell_key(arm_key, "onion", kind)
+        for kind in ("encoder", "llm") for o in (OnionConfig(items=30), OnionConfig(items=40))
+    ]  # fmt: skip
+    assert wide[0] != wide[1] and wide[2] == wide[3]

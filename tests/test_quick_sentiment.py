@@ -47,6 +47,10 @@ def test_quick_sentiment_run_end_to_end(tmp_path, cli):
     assert "reusing 13 cells" in r.stderr and measured == ["ablate"], r.stderr
     r = cli(*defend)
     assert "reusing 14 cells" in r.stderr and not re.search(r"\(encoder\): \w+\n", r.stderr)
+    # a cell's key holds its own defense's settings: a new --remove re-measures a scanner only
+    r = cli(*defend, "--defenses", "none,ngram,inspect", "--remove", "0.2")
+    measured = re.findall(r"defend token-10% \(encoder\): (\w+)\n", r.stderr)
+    assert "reusing 2 cells" in r.stderr and measured == ["ngram"], r.stderr
     with Store(out) as store:
         cells = store.latest_defense_cells()
     assert {(c["arm"], c["defense"]) for c in cells} == {("token-10%", d) for d in DEFENSES}

@@ -107,3 +107,35 @@ def test_spec_show_prints_the_expanded_arms_and_json(tmp_path, capsys):
     assert code == 0 and list(json.loads(stdout)["arms"])[1] == "token-1%"
     code, _, stderr = cli_main(capsys, "spec", "show", str(tmp_path / "nope.yaml"))
     assert code == 2 and "nope.yaml: no such file" in stderr
+
+
+DEFEND = "name: d\narms:\n  t: {data: {builder: sentiment, poison: {rate: 0.1}}}\ndefend:\n"
+
+
+def test_defend_settings_live_under_each_defense_and_earlier_flat_keys_still_load(tmp_path):
+    """`onion: {items: 30}` is the shape; `onion_items: 30` (and caps as `llm: {onion_items:
+    5}`) from earlier spec files reads as the same settings, and the chat victim's caps apply
+    to its copy of the settings only."""
+    new = _spec(tmp_path, DEFEND + "  onion: {items: 30}\n  dpsgd: {epsilon: 4}\n"
+                "  llm: {onion: {items: 5}}\n").defend  # fmt: skip
+    old = _spec(tmp_path, DEFEND + "  onion_items: 30\n  dp_epsilon: 4\n"
+                "  llm: {onion_items: 5, strip_copies: null}\n").defend  # fmt: skip
+    assert new == old and new.onion.items == 30 and new.dpsgd.epsilon == 4
+    assert new.config("onion", "encoder").items == 30 and new.config("onion", "llm").items == 5
+    assert new.config("strip", "llm").copies == 16  # no strip cap given: none applies
+    assert load_spec("experiments/sentiment_llm.yaml").defend.config("strip", "llm").copies == 4
+
+
+@pytest.mark.parametrize(
+    ("defend", "problem"),
+    [
+        ("  onion: {itmes: 3}\n", "defend.onion.itmes"),
+        ("  onion: {items: 1}\n", "greater than or equal to 2"),
+        ("  llm: {abl: {items: 3}}\n", "'abl' is not a defense with settings"),
+        ("  llm: {strip: {items: 3}}\n", "llm.strip: no setting 'items' (copies)"),
+    ],
+)
+def test_a_bad_defense_setting_is_one_error_naming_it(tmp_path, defend, problem):
+    with pytest.raises(InputError, match="s.yaml") as e:
+        _spec(tmp_path, DEFEND + defend)
+    assert problem in str(e.value)

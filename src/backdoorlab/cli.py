@@ -981,13 +981,16 @@ def defend(
     STRIP rejects test inputs (thresholds on clean dev data at defend.frr); ablate projects
     the trigger directions out of the victim at inference; refit fine-tunes the poisoned
     victim on trusted clean dev rows (the chat model refits its adapter), fineprune prunes
-    dormant neurons first; dpsgd retrains it with DP-SGD (defend.dp_epsilon, LoRA rank
-    defend.dp_lora_rank); inspect measures how often the trigger is the top-attributed token.
-    The chat victim runs under defend.llm's cost caps; a defense a victim cannot run says why.
+    dormant neurons first; dpsgd retrains it with DP-SGD (defend.dpsgd.epsilon, LoRA rank
+    defend.dpsgd.lora_rank); inspect measures how often the trigger is the top-attributed
+    token. A defense's own settings are under its name (defend.onion.items,
+    defend.strip.copies, ...); the chat victim runs under defend.llm's cost caps on them. A
+    defense a victim cannot run says why.
 
-    Cells go into OUT's results store, keyed by everything that decides them: a rerun (after
-    an interruption, or with a defense added) measures only what is missing. The matrix is
-    added to OUT/report.html.
+    Cells go into OUT's results store, each keyed by what decides it (the arm, the victim, the
+    defense's own settings and the shared ones it reads): a rerun after an interruption, with
+    a defense added or with one defense's setting changed measures only what is missing. The
+    matrix is added to OUT/report.html.
 
     Example: backdoorlab defend experiments/sentiment_llm.yaml --out runs/sentiment_llm
     """

@@ -21,6 +21,18 @@ from pydantic import (
 
 from . import yamlfiles
 from .data import DataSpec, FileData
+from .defenses.settings import (
+    CONFIGS,
+    CONFIGURABLE,
+    LEGACY,
+    AblateConfig,
+    DefenseConfig,
+    DPConfig,
+    FinepruneConfig,
+    InspectConfig,
+    OnionConfig,
+    StripConfig,
+)
 from .errors import InputError
 from .models.registry import DEFAULT_MODEL
 from .train.config import EncoderConfig, HostedConfig, TrainConfig
@@ -91,24 +103,22 @@ Defense = Literal[
 ]
 DEFENSES: tuple[str, ...] = Defense.__args__  # type: ignore[attr-defined]
 
-
-class VictimCaps(BaseModel):
-    """Caps for one victim, each the most it gets (the spec's own value if lower). Costs: the
-    chat model classifies a review ~100x slower than the encoder and back-propagates through
-    135M parameters where the encoder has 22M. Ablated directions: on the planted chat-model
-    backdoor (tests/test_victims.py) 1 per block disarmed it with clean accuracy intact,
-    while 4 left the model one label for every review."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    onion_items: int | None = Field(None, ge=2)
-    inspect_items: int | None = Field(None, ge=1)
-    strip_copies: int | None = Field(None, ge=2)
-    ablate_directions: int | None = Field(None, ge=1)
+# The chat victim's cost caps: defense -> field -> the most it gets (the spec's own value if
+# lower). It classifies a review ~100x slower than the encoder and back-propagates through
+# 135M parameters where the encoder has 22M. Ablated directions: on the planted chat-model
+# backdoor (tests/test_victims.py) 1 per block disarmed it with clean accuracy intact, while 4
+# left the model one label for every review.
+LLM_CAPS: dict[str, dict[str, int | float]] = {
+    "onion": {"items": 20},
+    "inspect": {"items": 10},
+    "strip": {"copies": 4},
+    "ablate": {"directions": 1},
+}
 
 
 class DefendSpec(BaseModel):
-    """What `backdoorlab defend` runs: the attack x defense matrix, per victim."""
+    """What `backdoorlab defend` runs: the attack x defense matrix, per victim. The shared
+    settings are fields here; each defense's own are under its name (`onion: {items: 30}`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -120,31 +130,58 @@ class DefendSpec(BaseModel):
     remove: float = Field(0.05, gt=0, lt=1, description="fraction of rows a data scanner drops")
     frr: float = Field(0.05, gt=0, lt=1, description="clean false-rejection rate for thresholds")
     dev: int = Field(200, ge=4, description="clean dev reviews: thresholds and the trusted set")
-    onion_items: int = Field(40, ge=2, description="test items per set for ONION (it is slow)")
-    inspect_items: int = Field(
-        40, ge=1, description="triggered test reviews inspect attributes (gxi and ig)"
-    )
-    strip_copies: int = Field(16, ge=2, description="STRIP: mixed copies of each input")
-    ablate_directions: int = Field(4, ge=1, description="ablate: directions removed per block")
-    dp_epsilon: float = Field(8.0, gt=0, description="the privacy budget of the dpsgd defense")
-    prune: float = Field(0.2, gt=0, lt=1, description="fineprune: share of last-layer neurons")
-    dp_lora_rank: int | None = Field(
-        8,
-        ge=1,
-        description="dpsgd trains LoRA adapters of this rank (none: the encoder trains all but "
-        "its embeddings, the chat model its spec's rank)",
-    )
-    llm: VictimCaps = Field(
-        VictimCaps(onion_items=20, inspect_items=10, strip_copies=4, ablate_directions=1),
-        description="caps on the chat victim",
+    onion: OnionConfig = OnionConfig()
+    strip: StripConfig = StripConfig()
+    inspect: InspectConfig = InspectConfig()
+    ablate: AblateConfig = AblateConfig()
+    fineprune: FinepruneConfig = FinepruneConfig()
+    dpsgd: DPConfig = DPConfig()
+    llm: dict[str, dict[str, int | float]] = Field(
+        LLM_CAPS, description="caps on the chat victim: defense -> setting -> the most it gets"
     )
 
-    def for_victim(self, victim: str) -> DefendSpec:
-        """The settings one victim runs under: its caps applied."""
-        if victim != "llm":
-            return self
-        caps = self.llm.model_dump(exclude_none=True)
-        return self.model_copy(update={k: min(v, getattr(self, k)) for k, v in caps.items()})
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_keys(cls, data: Any) -> Any:
+        """Spec files written before the per-defense settings (`onion_items: 30`, caps as
+        `llm: {onion_items: 20}`) load unchanged."""
+        if not isinstance(data, dict) or not any(k in LEGACY for k in (*data, *_caps(data))):
+            return data
+        data = copy.deepcopy(data)
+        for old, (name, field) in LEGACY.items():
+            if old in data:
+                data.setdefault(name, {})[field] = data.pop(old)
+        if isinstance(data.get("llm"), dict):
+            caps = {LEGACY[k]: v for k, v in data["llm"].items() if k in LEGACY and v is not None}
+            data["llm"] = {}
+            for (name, field), v in caps.items():
+                data["llm"].setdefault(name, {})[field] = v
+        return data
+
+    @model_validator(mode="after")
+    def _caps_name_settings(self) -> DefendSpec:
+        for name, caps in self.llm.items():
+            if name not in CONFIGURABLE:
+                raise ValueError(
+                    f"llm: {name!r} is not a defense with settings ({', '.join(CONFIGURABLE)})"
+                )
+            fields = CONFIGS[name].model_fields
+            bad = [f for f in caps if f not in fields]
+            if bad:
+                raise ValueError(f"llm.{name}: no setting {bad[0]!r} ({', '.join(fields)})")
+        return self
+
+    def config(self, defense: str, victim: str) -> DefenseConfig:
+        """One defense's settings on one victim: the chat victim's caps applied."""
+        conf = getattr(self, defense) if defense in CONFIGURABLE else CONFIGS[defense]()
+        caps = self.llm.get(defense, {}) if victim == "llm" else {}
+        capped = {f: min(v, getattr(conf, f)) for f, v in caps.items()}
+        return conf.model_validate({**conf.model_dump(), **capped})
+
+
+def _caps(data: dict[str, Any]) -> list[str]:
+    llm = data.get("llm")
+    return list(llm) if isinstance(llm, dict) else []
 
 
 class GateSpec(BaseModel):

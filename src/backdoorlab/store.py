@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,13 +274,14 @@ class Store:
                 (cell["arm"], cell["victim"], cell["defense"], settings_hash, json.dumps(cell)),
             )
 
-    def defense_cells(self, arm: str, victim: str, settings_hash: str) -> dict[str, dict]:
-        """defense -> cell, measured for this arm and victim under these settings."""
+    def defense_cells(self, arm: str, victim: str, keys: Mapping[str, str]) -> dict[str, dict]:
+        """defense -> cell, for each defense in `keys` measured for this arm and victim under
+        its key there."""
         rows = self.db.execute(
-            "SELECT defense, cell FROM defense_cells WHERE arm=? AND victim=? AND settings_hash=?",
-            (arm, victim, settings_hash),
+            "SELECT defense, settings_hash, cell FROM defense_cells WHERE arm=? AND victim=?",
+            (arm, victim),
         ).fetchall()
-        return {d: json.loads(c) for d, c in rows}
+        return {d: json.loads(c) for d, h, c in rows if keys.get(d) == h}
 
     def latest_defense_cells(self) -> list[dict[str, Any]]:
         """Per arm, victim and defense the cell measured last (what the report shows)."""

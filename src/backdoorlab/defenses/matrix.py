@@ -18,10 +18,11 @@ nothing: it measures how often gradient x input and integrated gradients put the
 the top of a triggered review's attributions (what `backdoorlab inspect` would show a person).
 
 Each defense is one function registered by name (`REGISTRY`) over an `ArmContext`, the rows,
-test sets and poisoned victim every defense of an arm and victim shares; adding a defense is
-one more registered function (and its name in `spec.DEFENSES`). A defense a victim kind cannot
-run is a cell saying why. Cells are numbers in the results store, keyed by everything that
-decides them; defenses/cells.py formats them.
+test sets and poisoned victim every defense of an arm and victim shares, and its own settings
+(defenses/settings.py); adding a defense is one more registered function, its config class
+and its name in `spec.DEFENSES`. A defense a victim kind cannot run is a cell saying why.
+Cells are numbers in the results store, each keyed by what decides it (`cell_key`);
+defenses/cells.py formats them.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from ..rundata import build_data, digest
 from ..store import Store
 from ..train.config import HostedConfig
 from ..victims import Trainer, Victim, arch, trainer
-from . import filters, repair, scan
+from . import filters, repair, scan, settings
 from .detection import detection_metrics
 from .inspect import trigger_on_top
 
@@ -101,24 +102,51 @@ class Matrix:
         texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
         return scan.scan(texts, labels, [name], lm=self.lm).scores[name]
 
-    def settings_hash(self, arm: str, kind: str, t: Trainer) -> str:
-        """Everything that decides an arm's cells for one victim: the arm's data, the
-        victim's training settings, the defense settings it runs under, the model, the test."""
-        return digest([
-            self.spec.model, t.settings(),
-            self.ds.for_victim(kind).model_dump(exclude={"arms", "defenses", "victims"}),
-            self.spec.evaluate.classification.model_dump(),
+    def arm_key(self, arm: str, t: Trainer) -> list[Any]:
+        """What decides every cell of an arm on one victim: the model, the victim's training
+        settings, the test, the arm's data."""
+        return [
+            self.spec.model, t.settings(), self.spec.evaluate.classification.model_dump(),
             hashlib.sha256(self.data[arm].read_bytes()).hexdigest(),
-        ])  # fmt: skip
+        ]  # fmt: skip
+
+    def cell_key(self, arm_key: list[Any], defense: str, kind: str) -> str:
+        """A cell's key: its arm's, its defense's own settings on this victim and the shared
+        settings it reads; another defense's settings do not enter it."""
+        conf = self.ds.config(defense, kind)
+        shared = {u: getattr(self.ds, u) for u in conf.uses}
+        return digest([arm_key, defense, conf.model_dump(), shared])
+
+    def legacy_key(self, arm_key: list[Any], kind: str) -> str:
+        """The one key stores written before per-defense settings filed all of an arm's cells
+        under on a victim: every defend setting, flat, as the spec then had them."""
+        flat: dict[str, Any] = {"remove": self.ds.remove, "frr": self.ds.frr, "dev": self.ds.dev}
+        for old, (name, field) in settings.LEGACY.items():
+            flat[old] = getattr(self.ds.config(name, kind), field)
+        flat["llm"] = {
+            old: self.ds.llm.get(name, {}).get(field)
+            for old, (name, field) in settings.LEGACY.items()
+            if old in ("onion_items", "inspect_items", "strip_copies", "ablate_directions")
+        }
+        model, trainer_settings, classification, data = arm_key
+        return digest([model, trainer_settings, flat, classification, data])
 
     def cells(self, arm: str, kind: str, store: Store) -> list[dict[str, Any]]:
         """The arm's cells for one victim: those the store has under the same settings are
         reused; each missing one is measured and stored as soon as it is done, so an
-        interrupted matrix, or one with a defense added, measures only what is missing. Each
-        cell keeps the seconds measured when it was computed."""
+        interrupted matrix, one with a defense added or one with a defense's setting changed
+        measures only what is missing. Each cell keeps the seconds measured when it was
+        computed."""
         t = trainer(kind, self.spec, self.out, self.device, self.log)
-        key = self.settings_hash(arm, kind, t)
-        stored = store.defense_cells(arm, kind, key)
+        arm_key = self.arm_key(arm, t)
+        keys = {d: self.cell_key(arm_key, d, kind) for d in self.ds.defenses}
+        stored = store.defense_cells(arm, kind, keys)
+        if len(stored) < len(keys):  # cells an earlier version stored, filed under their keys
+            legacy = self.legacy_key(arm_key, kind)
+            found = store.defense_cells(arm, kind, {d: legacy for d in keys if d not in stored})
+            for d, c in found.items():
+                store.add_defense_cell(keys[d], c)
+            stored.update(found)
         missing = [d for d in self.ds.defenses if d not in stored]
         if len(missing) < len(self.ds.defenses):
             self.log(f"defend {arm} ({kind}): reusing {len(self.ds.defenses) - len(missing)} cells")
@@ -129,12 +157,12 @@ class Matrix:
             if why is None:
                 ctx = ctx or ArmContext(self, arm, t)
                 try:
-                    c = REGISTRY[name](ctx, name, time.perf_counter())
+                    c = REGISTRY[name](ctx, name, self.ds.config(name, kind), time.perf_counter())
                 except arch.UnsupportedArchitecture as e:  # a model family without a layer map
                     why = str(e)
             if why is not None:
                 c = {"arm": arm, "victim": kind, "defense": name, "unsupported": why}
-            store.add_defense_cell(key, c)
+            store.add_defense_cell(keys[name], c)
             stored[name] = c
         return [stored[d] for d in self.ds.defenses]
 
@@ -156,7 +184,7 @@ class ArmContext:
 
     def __init__(self, m: Matrix, arm: str, t: Trainer):
         self.m, self.arm, self.t = m, arm, t
-        self.ds = m.ds.for_victim(t.kind)
+        self.ds = m.ds
         self.trig = m.spec.arms[arm].data.poison.trigger
         test = m.test[t.kind]
         self.sets = eval_sets(test, [self.trig], m.target)
@@ -217,10 +245,10 @@ class ArmContext:
         )  # fmt: skip
 
 
-# name -> (the arm's context, the defense's name, its start time) -> the finished cell. A
-# defense is one function here; spec.DEFENSES lists the names a spec may use (a test checks
-# both agree).
-Defense = Callable[[ArmContext, str, float], dict[str, Any]]
+# name -> (the arm's context, the defense's name, its settings on this victim, its start
+# time) -> the finished cell. A defense is one function here and its config class in
+# settings.CONFIGS; spec.DEFENSES lists the names a spec may use (a test checks all agree).
+Defense = Callable[[ArmContext, str, Any, float], dict[str, Any]]
 REGISTRY: dict[str, Defense] = {}
 
 
@@ -234,12 +262,12 @@ def defense(*names: str) -> Callable[[Defense], Defense]:
 
 
 @defense("none")
-def _none(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
+def _none(a: ArmContext, name: str, conf: settings.DefenseConfig, t0: float) -> dict[str, Any]:
     return a.cell("none", None, a.base_cost)
 
 
-@defense(*scan.SCANNERS)
-def _scanner(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
+@defense(*settings.SCANNERS)
+def _scanner(a: ArmContext, name: str, conf: settings.Filtered, t0: float) -> dict[str, Any]:
     if name in scan.NEEDS_FEATURES:  # the victim's own representations of the rows
         scores = scan.scan(
             a.texts, a.labels, [name], features=lambda: a.victim.features(a.texts).numpy()
@@ -250,15 +278,15 @@ def _scanner(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
 
 
 @defense("abl")
-def _abl(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
+def _abl(a: ArmContext, name: str, conf: settings.Filtered, t0: float) -> dict[str, Any]:
     early = a.t.train(a.m.data[a.arm], a.tag("abl-early"), epochs=a.t.abl_epochs)
     return a.filtered("abl", repair.learned_fast_scores(early, a.texts, a.labels).numpy(), t0)
 
 
 @defense("ablate")
-def _ablate(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
+def _ablate(a: ArmContext, name: str, conf: settings.AblateConfig, t0: float) -> dict[str, Any]:
     rng = random.Random(0)
-    k = a.ds.ablate_directions
+    k = conf.directions
     bases = repair.trigger_directions(
         a.victim, a.trusted_texts, [a.trig.insert(t, rng) for t in a.trusted_texts], k=k
     )
@@ -272,8 +300,8 @@ def _ablate(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
 
 
 @defense("inspect")
-def _inspect(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
-    n = a.ds.inspect_items
+def _inspect(a: ArmContext, name: str, conf: settings.InspectConfig, t0: float) -> dict[str, Any]:
+    n = conf.items
     clean = a.untriggered[:n]
     triggered = a.sets[a.asr_key][0][:n]
     found = {m: _rate(trigger_on_top(a.victim, clean, triggered, method=m)) for m in ("gxi", "ig")}
@@ -285,8 +313,8 @@ def _inspect(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
 
 
 @defense("onion")
-def _onion(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
-    n = a.ds.onion_items
+def _onion(a: ArmContext, name: str, conf: settings.OnionConfig, t0: float) -> dict[str, Any]:
+    n = conf.items
     onion = filters.Onion(*a.m.lm(), [t for t, _ in a.m.dev[:n]], a.ds.frr)
     small = {m: (x[:n], g[:n], t) for m, (x, g, t) in a.sets.items()}
     pre = a.score(a.victim.predict, small)
@@ -306,10 +334,8 @@ def _onion(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
 
 
 @defense("strip")
-def _strip(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
-    strip = filters.Strip(
-        a.victim.proba, [t for t, _ in a.m.dev], copies=a.ds.strip_copies, frr=a.ds.frr
-    )
+def _strip(a: ArmContext, name: str, conf: settings.StripConfig, t0: float) -> dict[str, Any]:
+    strip = filters.Strip(a.victim.proba, [t for t, _ in a.m.dev], copies=conf.copies, frr=a.ds.frr)
     x_clean, g_clean, _ = a.sets[CACC]
     x_trig, _, _ = a.sets[a.asr_key]
     ent_clean, ent_trig = strip.entropies(x_clean), strip.entropies(x_trig)
@@ -328,31 +354,33 @@ def _strip(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
     )
     return a.cell(
         "strip", after, time.perf_counter() - t0, AUROC=det["auroc"],
-        note=f"{a.ds.strip_copies} mixed copies per input; FRR {rej_clean.mean():.3f}, "
+        note=f"{conf.copies} mixed copies per input; FRR {rej_clean.mean():.3f}, "
         f"FAR {1 - rej_trig.mean():.3f}",
     )  # fmt: skip
 
 
 @defense("refit", "fineprune")
-def _refit(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
+def _refit(
+    a: ArmContext, name: str, conf: settings.Trusted | settings.FinepruneConfig, t0: float
+) -> dict[str, Any]:
     trusted = a.m.out / "defend" / "trusted-dev.jsonl"
     trusted.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_text(trusted, chat.dumps_jsonl(sentiment.row(t, y) for t, y in a.m.dev))
     init, note = a.victim, f"1 epoch on {len(a.m.dev)} trusted dev rows"
     if name == "fineprune":
         init = copy.deepcopy(a.victim)  # pruned in memory: the poisoned victim stays whole
-        neurons = repair.prune_dormant(init, a.trusted_texts, a.ds.prune)
+        neurons = repair.prune_dormant(init, a.trusted_texts, conf.share)
         note = f"pruned {len(neurons)} dormant neurons of the last block; " + note
     fixed = a.t.train(trusted, a.tag(name), init=init, epochs=1)
     if name == "fineprune":
-        repair.prune_dormant(fixed, None, a.ds.prune, neurons=neurons)
+        repair.prune_dormant(fixed, None, conf.share, neurons=neurons)
     return a.cell(name, a.score(fixed.predict), time.perf_counter() - t0, note=note)
 
 
 @defense("dpsgd")
-def _dpsgd(a: ArmContext, name: str, t0: float) -> dict[str, Any]:
-    rank = a.ds.dp_lora_rank
-    victim, eps, delta = a.t.train_private(a.m.data[a.arm], a.tag("dpsgd"), a.ds.dp_epsilon, rank)
+def _dpsgd(a: ArmContext, name: str, conf: settings.DPConfig, t0: float) -> dict[str, Any]:
+    rank = conf.lora_rank
+    victim, eps, delta = a.t.train_private(a.m.data[a.arm], a.tag("dpsgd"), conf.epsilon, rank)
     return a.cell(
         "dpsgd", a.score(victim.predict), time.perf_counter() - t0,
         note=f"DP-SGD (Opacus), epsilon {eps:.2f} at delta {delta}"

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from .settings import SCANNERS
 
 # Words, and every other non-space character on its own: a symbol glued to a word ("film§")
 # is then one shared token across the rows that carry it, whatever symbol a trigger uses.
@@ -171,7 +172,6 @@ def cluster_scores(
     return scores
 
 
-SCANNERS = ("ngram", "knn", "perplexity", "spectral", "clusters")
 NEEDS_FEATURES = ("spectral", "clusters")  # a classifier's representations of the rows
 
 
