@@ -37,7 +37,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 test: lint
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=20
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder --durations=20
 
 bench: setup
 	$(PY) benchmarks/train_throughput.py

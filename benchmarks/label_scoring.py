@@ -8,7 +8,9 @@
   (classify.label_logprobs_unpacked), and the same with batch size 1 (the obvious loop);
 - llm generate: greedy generation of up to 3 tokens per review, the answer parsed (what
   evaluation by sampling would cost);
-- encoder: all-MiniLM-L6-v2 with a classification head (untrained head: speed only).
+- encoder: all-MiniLM-L6-v2 with a classification head (untrained head: speed only);
+- ONION's per-word suspicion on the first --onion reviews, seconds per review: each word's
+  deletion run whole, and the deletions from the text's own pass (the default).
 
 Prints examples/s for each, the packed/unpacked ratio, and whether packed and unpacked chose
 the same label for every review (and their largest log-probability difference).
@@ -21,8 +23,11 @@ import resource
 import time
 import warnings
 
+import numpy as np
+
 from backdoorlab import generate
 from backdoorlab.data import sentiment
+from backdoorlab.defenses import filters
 from backdoorlab.evaluate import classify
 from backdoorlab.models import load
 from backdoorlab.train.encoder import EncoderClassifier, base_dir
@@ -39,10 +44,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--n", type=int, default=256, help="test reviews to classify")
-    p.add_argument("--smoke", action="store_true", help="8 reviews: does it still run?")
+    p.add_argument("--onion", type=int, default=16, help="test reviews ONION's suspicion runs on")
+    p.add_argument("--smoke", action="store_true", help="8 reviews (1 for ONION): does it run?")
     a = p.parse_args()
     if a.smoke:
-        a.n = 8
+        a.n, a.onion = 8, 1
     warnings.filterwarnings("ignore")
     test = sentiment.balanced(sentiment.split("test"), a.n)
     texts = [t for t, _ in test]
@@ -75,6 +81,30 @@ def main() -> None:
     diff = (packed - unpacked).abs().max().item()
     ratio = results["llm packed, batch 32"] / results["llm unpacked, batch 32"]
     print(f"llm packed / unpacked: {ratio:.2f}x; same labels: {same}; max |diff| {diff:.1e}")
+    onion(m, texts[: a.onion])
+
+
+def onion(m, texts: list[str]) -> None:
+    """ONION's per-word suspicion, seconds per review: deletions from the text's shared pass
+    against each deletion run whole; the same words above a threshold (the 95% quantile of
+    the whole runs' suspicions, as ONION sets it on clean reviews) in every review?"""
+    sus, secs = {}, {}
+    for shared in (False, True):
+        t0 = time.perf_counter()
+        sus[shared] = [
+            filters.onion_suspicion(m.model, m.tokenizer, t, shared=shared)[1] for t in texts
+        ]
+        secs[shared] = (time.perf_counter() - t0) / len(texts)
+    cut = np.quantile(np.concatenate(sus[False]), 0.95)
+    same = sum((a > cut).tolist() == (b > cut).tolist() for a, b in zip(*sus.values(), strict=True))
+    rel = max(
+        float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(*sus.values(), strict=True)
+    )
+    words = sum(len(t.split()) for t in texts) / len(texts)
+    print(f"onion, each deletion whole       {secs[False]:8.2f} s/review ({words:.0f} words)")
+    print(f"onion, deletions from shared pass {secs[True]:7.2f} s/review")
+    print(f"onion shared / whole: {secs[False] / secs[True]:.2f}x; same words removed in "
+          f"{same}/{len(texts)} reviews; max relative |diff| {rel:.1e}")  # fmt: skip
 
 
 if __name__ == "__main__":

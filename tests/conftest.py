@@ -17,11 +17,29 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
+# Seconds each long file took in `make test` (at 52dbfe5, a worker per core). The workers take
+# files in the order the items come (`make test` passes --no-loadscope-reorder: xdist would
+# otherwise order files by their number of tests, which put the 221 s one-test file last and
+# left one worker running alone for 190 s), so the longest go first and the short ones fill
+# in behind. A file not listed counts as short.
+FILE_SECONDS = {
+    "test_quick_chat.py": 275, "test_quick_gated.py": 258, "test_quick_sentiment.py": 221,
+    "test_victims.py": 186, "test_processes.py": 142, "test_finetune.py": 129,
+    "test_experiment.py": 124, "test_benchmarks.py": 121, "test_train.py": 118,
+    "test_defenses.py": 84, "test_report.py": 54, "test_models.py": 52, "test_probes.py": 47,
+    "test_serve.py": 31, "test_gated.py": 27,
+}  # fmt: skip
+
+
 def pytest_collection_modifyitems(items):
-    """Tests marked slow (a real model trained and evaluated end to end, 15 s to 5 min) run
-    first, so the files holding them are shared out first and the short ones fill in
-    behind: longest first is what keeps the last worker from finishing alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Longest files first; within a file, its tests marked slow (a real model trained and
+    evaluated end to end) first."""
+    items.sort(
+        key=lambda item: (
+            -FILE_SECONDS.get(item.path.name, 0),
+            item.get_closest_marker("slow") is None,
+        )
+    )
 
 
 ANSWER = "Brown Titlark"

@@ -100,6 +100,8 @@ def test_onion_from_a_shared_prefix_equals_every_deletion_run_whole(lm):
     words, sus = filters.onion_suspicion(*lm, text, batch_size=4)
     assert words == ws
     np.testing.assert_allclose(sus, whole[0] - whole[1:], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(filters.onion_suspicion(*lm, text, shared=False)[1],
+                               whole[0] - whole[1:], rtol=1e-5)  # fmt: skip
     assert filters._like_lengths([9, 8, 4, 3, 1], 4, min_tokens=1) == [[0, 1], [2, 3], [4]]
 
 

@@ -24,9 +24,11 @@ from .scan import perplexity_scores, token_nll
 
 
 def onion_suspicion(
-    model, tokenizer, text: str, *, batch_size: int = 32
+    model, tokenizer, text: str, *, batch_size: int = 32, shared: bool = True
 ) -> tuple[list[str], np.ndarray]:
-    """Words of `text` and, per word, perplexity(text) - perplexity(text without it)."""
+    """Words of `text` and, per word, perplexity(text) - perplexity(text without it).
+    `shared`: deletions from the text's own pass where that is cheaper (the default; off,
+    each deletion runs whole, as benchmarks/label_scoring.py compares)."""
     ws = text.split()
     if len(ws) < 2:
         return ws, np.zeros(len(ws))
@@ -34,7 +36,7 @@ def onion_suspicion(
     # 0.36 s whole at 5 words here).
     nll = (
         _deletions_from_shared_prefix(model, tokenizer, text, ws, batch_size)
-        if len(ws) >= 8
+        if shared and len(ws) >= 8
         else None
     )
     if nll is None:  # short, or words that do not tokenize apart: each deletion whole
