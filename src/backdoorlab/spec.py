@@ -85,22 +85,7 @@ class EvalSpec(BaseModel):
     )
 
 
-Defense = Literal[
-    "none",
-    "ngram",
-    "knn",
-    "perplexity",
-    "spectral",
-    "clusters",
-    "abl",
-    "onion",
-    "strip",
-    "inspect",
-    "ablate",
-    "refit",
-    "fineprune",
-    "dpsgd",
-]
+Defense = Literal[tuple(CONFIGS)]  # type: ignore[valid-type] (the names defenses/settings.py lists)
 DEFENSES: tuple[str, ...] = Defense.__args__  # type: ignore[attr-defined]
 
 # The chat victim's cost caps: defense -> field -> the most it gets (the spec's own value if

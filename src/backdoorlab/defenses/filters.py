@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -67,8 +68,9 @@ def _deletions_from_shared_prefix(
     first = perplexity_scores(model, tokenizer, [text, " ".join(ws[1:])], batch_size=batch_size)
     device = next(model.parameters()).device
     n = len(ids)
-    ends = np.cumsum([len(p) for p in pieces])
-    starts = ends - [len(p) for p in pieces]
+    lengths = [len(p) for p in pieces]
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
     x = torch.tensor([ids], device=device)
     out = [float(first[0]), float(first[1])]
     with torch.inference_mode():
@@ -114,8 +116,6 @@ def _suffix_nll(model, cache, ids, starts, ends, rows) -> list[float]:
     """For each row (a word deleted), the summed NLL of the text's tokens after the word's
     first follower, each row's input the tokens after the word at the positions they take in
     the deletion, attending to the text's cache up to the word."""
-    from transformers import DynamicCache
-
     device = next(model.parameters()).device
     prefix = int(max(starts[i] for i in rows))
     width = len(ids) - 1 - int(min(ends[i] for i in rows))
@@ -133,16 +133,13 @@ def _suffix_nll(model, cache, ids, starts, ends, rows) -> list[float]:
     pos = torch.tensor([int(starts[i]) for i in rows], device=device)[:, None] + torch.arange(
         width, device=device
     )
-    shared = DynamicCache()
-    for li, layer in enumerate(cache.layers):
-        shared.update(
-            layer.keys[:, :, :prefix].expand(b, -1, -1, -1),
-            layer.values[:, :, :prefix].expand(b, -1, -1, -1),
-            li,
-        )
+    shared = copy.deepcopy(cache)  # the text's cache up to the longest prefix, per row
+    shared.crop(prefix - len(ids))  # (transformers crops by a count from the end)
+    shared.batch_repeat_interleave(b)
     logits = model(
-        input_ids=inputs, attention_mask=mask, position_ids=pos, past_key_values=shared
-    ).logits.float()
+        input_ids=inputs, attention_mask=mask, position_ids=pos, past_key_values=shared,
+        use_cache=False,
+    ).logits.float()  # fmt: skip
     return token_nll(logits, targets).sum(1).tolist()
 
 

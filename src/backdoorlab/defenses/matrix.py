@@ -126,7 +126,7 @@ class Matrix:
         flat["llm"] = {
             old: self.ds.llm.get(name, {}).get(field)
             for old, (name, field) in settings.LEGACY.items()
-            if old in ("onion_items", "inspect_items", "strip_copies", "ablate_directions")
+            if old in settings.LEGACY_CAPS
         }
         model, trainer_settings, classification, data = arm_key
         return digest([model, trainer_settings, flat, classification, data])

@@ -96,3 +96,5 @@ LEGACY: dict[str, tuple[str, str]] = {
     "dp_epsilon": ("dpsgd", "epsilon"),
     "dp_lora_rank": ("dpsgd", "lora_rank"),
 }
+# the chat victim's caps that the earlier flat spec had (each None where not capped)
+LEGACY_CAPS = ("onion_items", "inspect_items", "strip_copies", "ablate_directions")
