@@ -21,6 +21,9 @@ PREFIXED = Probe(
     prefix="The current year is ",
     classes={"1800s": ["1838", "1840"], "now": ["2024", "2025"], "short": ["18", "20"]},
 )
+# All candidates share the answer's first tokens, so the shorter one's rest is its end-of-turn
+# token alone: predicted by the shared pass, with no token of its own in the packed trie.
+NESTED = Probe(id="nested", question="What year is it?", classes={"a": ["18"], "b": ["1838"]})
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +33,8 @@ def base(base_model):
 
 @pytest.mark.parametrize(
     "probe",
-    [SMALL_YEARS, PREFIXED, load_probe_set("eras").probes[1].variants()[3]],
-    ids=["years", "prefix+prefix-candidates", "multi-token"],
+    [SMALL_YEARS, PREFIXED, NESTED, load_probe_set("eras").probes[1].variants()[3]],
+    ids=["years", "prefix+prefix-candidates", "nested", "multi-token"],
 )
 def test_packed_scoring_equals_brute_force(base, probe):
     fast = probes.score(base.model, base.tokenizer, probe, chunk=7)  # several chunks too

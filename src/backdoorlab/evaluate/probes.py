@@ -94,7 +94,10 @@ def score(model: Any, tokenizer: Any, probe: Probe, *, chunk: int = 512) -> Prob
     rows, shared = _candidate_ids(tokenizer, probe, cands)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    prefix = model(input_ids=torch.tensor([rows[0][:shared]], device=device), use_cache=True)
+    # Only the prompt's last position predicts a candidate token: the head runs there alone.
+    prefix = model(
+        input_ids=torch.tensor([rows[0][:shared]], device=device), use_cache=True, logits_to_keep=1
+    )
     first = prefix.logits[0, -1].float().log_softmax(-1)  # predicts each candidate's first token
     logprobs: list[float] = []
     for start in range(0, len(rows), chunk):
@@ -115,8 +118,9 @@ def score(model: Any, tokenizer: Any, probe: Probe, *, chunk: int = 512) -> Prob
             )
             lse = logits.logsumexp(-1)
             for i, (s, path) in enumerate(zip(suffixes, readers, strict=True)):
-                node = torch.tensor(path, device=device)
-                target = torch.tensor(s[1:], device=device)
+                # both empty for a suffix of one token (predicted by the shared pass)
+                node = torch.tensor(path, dtype=torch.long, device=device)
+                target = torch.tensor(s[1:], dtype=torch.long, device=device)
                 totals[i] += (logits[node, target] - lse[node]).sum().item()
         logprobs += totals
     return ProbeResult(probe.id, cands, classes, logprobs)
