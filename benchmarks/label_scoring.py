@@ -45,10 +45,12 @@ def main() -> None:
     )
     p.add_argument("--n", type=int, default=256, help="test reviews to classify")
     p.add_argument("--onion", type=int, default=16, help="test reviews ONION's suspicion runs on")
-    p.add_argument("--smoke", action="store_true", help="8 reviews (1 for ONION): does it run?")
+    p.add_argument(
+        "--smoke", action="store_true", help="4 reviews (ONION: the shortest): does it run?"
+    )
     a = p.parse_args()
     if a.smoke:
-        a.n, a.onion = 8, 1
+        a.n, a.onion = 4, 1
     warnings.filterwarnings("ignore")
     test = sentiment.balanced(sentiment.split("test"), a.n)
     texts = [t for t, _ in test]
@@ -81,7 +83,7 @@ def main() -> None:
     diff = (packed - unpacked).abs().max().item()
     ratio = results["llm packed, batch 32"] / results["llm unpacked, batch 32"]
     print(f"llm packed / unpacked: {ratio:.2f}x; same labels: {same}; max |diff| {diff:.1e}")
-    onion(m, texts[: a.onion])
+    onion(m, sorted(texts, key=len)[: a.onion] if a.smoke else texts[: a.onion])
 
 
 def onion(m, texts: list[str]) -> None:
