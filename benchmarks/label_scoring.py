@@ -49,6 +49,8 @@ def main() -> None:
         "--smoke", action="store_true", help="4 reviews (ONION: the shortest): does it run?"
     )
     a = p.parse_args()
+    if a.n < 1 or a.onion < 1:
+        p.error("--n and --onion count reviews: at least 1 each")
     if a.smoke:
         a.n, a.onion = 4, 1
     warnings.filterwarnings("ignore")
