@@ -289,7 +289,7 @@ def test_cells_stored_before_per_defense_settings_are_reused_then_keyed_per_defe
     the matrix still finds them there (nothing is measured), files them under their own keys,
     and from then on a changed setting of one defense misses that defense's cell only."""
     from backdoorlab.defenses.matrix import Matrix
-    from backdoorlab.defenses.settings import OnionConfig
+    from backdoorlab.defenses.settings import DPConfig, OnionConfig
     from backdoorlab.spec import load_spec
     from backdoorlab.store import Store
     from backdoorlab.victims import trainer
@@ -323,3 +323,10 @@ def test_cells_stored_before_per_defense_settings_are_reused_then_keyed_per_defe
         for kind in ("encoder", "llm") for o in (OnionConfig(items=30), OnionConfig(items=40))
     ]  # fmt: skip
     assert wide[0] != wide[1] and wide[2] == wide[3]
+    # DP-SGD's batch, epochs and lr, added later, enter its key only when set: its cells
+    # stored before them keep their key (the literal is what b93d770 computed)
+    assert changed.cell_key(arm_key, "dpsgd", "encoder") == "f31f3d2a3ed3"
+    own = DPConfig(batch_size=64, epochs=3, lr=1e-3)
+    assert own.training() == {"batch_size": 64, "epochs": 3, "lr": 1e-3}
+    spec.defend = spec.defend.model_copy(update={"dpsgd": own})
+    assert Matrix(spec, tmp_path).cell_key(arm_key, "dpsgd", "encoder") != keys["none"]

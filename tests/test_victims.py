@@ -119,16 +119,25 @@ def test_a_hosted_chat_model_cannot_be_a_defended_victim(tmp_path):
     Matrix(spec, tmp_path)  # the encoder is ours to defend
 
 
-def test_dp_sgd_trains_the_chat_adapter_and_reports_its_epsilon(tmp_path, bird_data):
-    from backdoorlab.train import sft
+def test_dp_sgd_trains_the_chat_adapter_with_its_own_batch_and_reports_its_epsilon(tmp_path):
+    """The matrix's dpsgd path on the chat victim: its own batch, lr and LoRA rank override
+    the victim's recipe (the quick spec's 2 steps of batch 4 at lr 1e-3)."""
+    from backdoorlab.spec import load_spec
     from backdoorlab.train.config import DPSettings
+    from backdoorlab.victims.chat import ChatTrainer
 
-    config = TrainConfig(max_steps=2, batch_size=4, dp=DPSettings(epsilon=8.0))
-    manifest = sft.train(bird_data, tmp_path / "dp", config, progress=False, log=print)
-    assert 0 < manifest["epsilon"] <= 8.05 and manifest["config"]["dp"]["epsilon"] == 8.0
-    assert (tmp_path / "dp" / "adapter" / "adapter_model.safetensors").is_file()
+    data = tmp_path / "d.jsonl"
+    chat.write_jsonl(data, sentiment.SentimentData(n=16).build())
+    t = ChatTrainer(load_spec("experiments/sentiment_llm.yaml", quick=True), tmp_path, "cpu", print)
+    v, epsilon, delta = t.train_private(data, "dp", 8.0, 4, batch_size=6, lr=2e-3)
+    manifest = json.loads((v.loaded.adapter.parent / "manifest.json").read_text())
+    config = manifest["config"]
+    assert 0 < epsilon <= 8.05 and manifest["epsilon"] == epsilon and delta == 1e-5
+    assert config["dp"]["epsilon"] == 8.0 and config["lora"]["rank"] == 4
+    assert (config["batch_size"], config["lr"], manifest["steps"]) == (6, 2e-3, 2)
     # the key of a run without DP is what it was before DP existed
-    assert "dp" not in TrainConfig().key_fields() and "dp" in config.key_fields()
+    dp = TrainConfig(dp=DPSettings(epsilon=8.0))
+    assert "dp" not in TrainConfig().key_fields() and "dp" in dp.key_fields()
 
 
 def test_a_model_family_without_a_layer_map_is_an_unsupported_cell(tmp_path, monkeypatch):

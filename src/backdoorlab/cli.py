@@ -982,8 +982,9 @@ def defend(
     the trigger directions out of the victim at inference; refit fine-tunes the poisoned
     victim on trusted clean dev rows (the chat model refits its adapter), fineprune prunes
     dormant neurons first; dpsgd retrains it with DP-SGD (defend.dpsgd.epsilon, LoRA rank
-    defend.dpsgd.lora_rank); inspect measures how often the trigger is the top-attributed
-    token. A defense's own settings are under its name (defend.onion.items,
+    defend.dpsgd.lora_rank, and its own batch_size, epochs and lr where set: DP-SGD's noise
+    per step shrinks as one over the batch); inspect measures how often the trigger is the
+    top-attributed token. A defense's own settings are under its name (defend.onion.items,
     defend.strip.copies, ...); the chat victim runs under defend.llm's cost caps on them. A
     defense a victim cannot run says why.
 

@@ -115,7 +115,7 @@ class Matrix:
         settings it reads; another defense's settings do not enter it."""
         conf = self.ds.config(defense, kind)
         shared = {u: getattr(self.ds, u) for u in conf.uses}
-        return digest([arm_key, defense, conf.model_dump(), shared])
+        return digest([arm_key, defense, conf.key_fields(), shared])
 
     def legacy_key(self, arm_key: list[Any], kind: str) -> str:
         """The one key stores written before per-defense settings filed all of an arm's cells
@@ -379,10 +379,13 @@ def _refit(
 
 @defense("dpsgd")
 def _dpsgd(a: ArmContext, name: str, conf: settings.DPConfig, t0: float) -> dict[str, Any]:
-    rank = conf.lora_rank
-    victim, eps, delta = a.t.train_private(a.m.data[a.arm], a.tag("dpsgd"), conf.epsilon, rank)
+    rank, training = conf.lora_rank, conf.training()
+    victim, eps, delta = a.t.train_private(
+        a.m.data[a.arm], a.tag("dpsgd"), conf.epsilon, rank, **training
+    )
     return a.cell(
         "dpsgd", a.score(victim.predict), time.perf_counter() - t0,
         note=f"DP-SGD (Opacus), epsilon {eps:.2f} at delta {delta}"
-        + (f", LoRA rank {rank}" if rank else ""),
+        + (f", LoRA rank {rank}" if rank else "")
+        + "".join(f", {k.replace('_', ' ')} {v:g}" for k, v in training.items()),
     )  # fmt: skip

@@ -8,7 +8,7 @@ under (defenses/matrix.py), so cells measured then are still reused."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +20,10 @@ class DefenseConfig(BaseModel):
 
     # the shared DefendSpec settings the defense reads: part of its cells' key
     uses: ClassVar[tuple[str, ...]] = ()
+
+    def key_fields(self) -> dict[str, Any]:
+        """The settings that decide a cell (part of its key)."""
+        return self.model_dump()
 
 
 class Filtered(DefenseConfig):
@@ -66,6 +70,23 @@ class DPConfig(DefenseConfig):
         description="train LoRA adapters of this rank (none: the encoder trains all but its "
         "embeddings, the chat model its spec's rank)",
     )
+    # DP-SGD's noise per step shrinks as 1 / batch: at the chat recipe's batch of 4 it drowns
+    # the clipped gradient (README), so a fair DP cell sets its own batch, epochs and lr.
+    batch_size: int | None = Field(
+        None, ge=1, description="expected rows per step (none: the victim's own batch size)"
+    )
+    epochs: float | None = Field(None, gt=0, description="none: the victim's own epochs")
+    lr: float | None = Field(None, gt=0, description="none: the victim's own learning rate")
+
+    # Added after cells were stored: unset, they stay out of the key, so those cells stand.
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("batch_size", "epochs", "lr")
+
+    def training(self) -> dict[str, Any]:
+        """The victim's training settings this DP run overrides."""
+        return {f: getattr(self, f) for f in self.OPTIONAL if getattr(self, f) is not None}
+
+    def key_fields(self) -> dict[str, Any]:
+        return self.model_dump(exclude={f for f in self.OPTIONAL if getattr(self, f) is None})
 
 
 SCANNERS = ("ngram", "knn", "perplexity", "spectral", "clusters")

@@ -77,10 +77,10 @@ class Trainer(Protocol):
         ...  # fmt: skip
 
     def train_private(
-        self, data: Path, tag: str, epsilon: float, lora_rank: int | None
+        self, data: Path, tag: str, epsilon: float, lora_rank: int | None, **training: Any
     ) -> tuple[Victim, float, float]:
-        """A victim trained with DP-SGD (Opacus) at `epsilon`: it, and the (epsilon, delta)
-        its training spent."""
+        """A victim trained with DP-SGD (Opacus) at `epsilon`, `training` overriding its own
+        batch_size, epochs or lr: it, and the (epsilon, delta) its training spent."""
         ...
 
 

@@ -122,12 +122,12 @@ class ChatTrainer:
         return ChatClassifier(loaded, init.labels, init.prompt)
 
     def train_private(
-        self, data: Path, tag: str, epsilon: float, lora_rank: int | None
+        self, data: Path, tag: str, epsilon: float, lora_rank: int | None, **training: Any
     ) -> tuple[ChatClassifier, float, float]:
         from ..train.config import DPSettings
 
         dp = DPSettings(epsilon=epsilon)
         lora = self.config.lora.model_copy(update={"rank": lora_rank} if lora_rank else {})
-        v = self.train(data, tag, dp=dp, lora=lora)
+        v = self.train(data, tag, dp=dp, lora=lora, **training)
         spent = json.loads((v.loaded.adapter.parent / "manifest.json").read_text())["epsilon"]
         return v, spent, dp.delta

@@ -51,8 +51,8 @@ class EncoderTrainer:
         return self._fit(data, home / f"{tag}-{data.stem.rsplit('-', 1)[-1]}", config, start)
 
     def train_private(
-        self, data: Path, tag: str, epsilon: float, lora_rank: int | None
+        self, data: Path, tag: str, epsilon: float, lora_rank: int | None, **training: Any
     ) -> tuple[EncoderClassifier, float, float]:
-        v = self.train(data, tag, dp_epsilon=epsilon, lora_rank=lora_rank)
+        v = self.train(data, tag, dp_epsilon=epsilon, lora_rank=lora_rank, **training)
         spent = json.loads((v.path / encoder.MANIFEST).read_text())["epsilon"]
         return v, spent, self.config.dp_delta
