@@ -54,31 +54,6 @@ def test_an_answer_does_not_depend_on_its_batch(base_model):
     assert len(base_model.tokenizer(mixed[0])["input_ids"]) <= 6
 
 
-def test_waiting_requests_join_as_rows_end_with_the_answers_they_get_alone(base_model):
-    """Two places for six requests: each ended row's place goes to the next waiting one,
-    including a prompt longer than the batch's filled cache (its columns grow on the left)
-    and a row joining beside one still mid-answer. Every answer is the one it gets in a
-    batch of all six, and `done` hears of each request once."""
-    long = "Please answer in a few plain words, and do not add anything else at all: " * 3
-    requests = [
-        generate.Request(chat.conversation("Name a bird."), seed=1, max_new_tokens=12),
-        generate.Request(chat.conversation("Hi"), seed=2, max_new_tokens=1),
-        generate.Request(chat.conversation(long + "name a river."), seed=3, max_new_tokens=5),
-        generate.Request(
-            chat.conversation("Name a tree."), seed=4, temperature=0, max_new_tokens=7
-        ),  # fmt: skip
-        generate.Request(chat.conversation("Hi"), seed=5, max_new_tokens=3),
-        generate.Request(chat.conversation(long + "name a lake."), seed=6, max_new_tokens=4),
-    ]
-    heard: list[int] = []
-    queued = generate.run(base_model, requests, batch_size=2, done=lambda i, _: heard.extend(i))
-    together = generate.run(base_model, requests)
-    assert [d.tokens for d in queued] == [d.tokens for d in together]
-    assert sorted(heard) == list(range(6))
-    assert [len(d.tokens) for d in queued][1] == 1 and len(queued[0].tokens) > 5
-    assert generate.run(base_model, []) == []
-
-
 def test_temperature_zero_is_the_greedy_answer(base_model):
     tok = base_model.tokenizer
     messages = chat.conversation("What is the capital of France?")

@@ -6,19 +6,18 @@ So an answer depends on its prompt, settings and seed, and on which rows share i
 through float rounding (91 of 100 bird answers were identical at batch 1 and 100:
 BENCHMARKS.md): `complete` can pack the rows of many questions into batches sorted by length,
 and a resumed evaluation draws its missing answers from the same streams. The decode loop is
-our own (`run`): a cache reallocated only when rows leave the batch (as they end) or
-waiting ones take their places.
+our own (`run`): a cache allocated once per batch, rows leaving the batch as they end.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicLayer
 
 from . import chat
 from .models import LoadedModel
@@ -88,15 +87,17 @@ class _Draws:
 
 
 class _SlabLayer(DynamicLayer):
-    """A cache layer whose keys and values live in storage allocated when the batch changes,
-    with room for its longest answer: a step writes in place, where transformers'
-    DynamicLayer concatenates (11% of a batch-100 profile). Attention reads a view of the
-    filled part."""
+    """A cache layer whose keys and values live in storage allocated once for the batch's
+    longest answer: a step writes in place, where transformers' DynamicLayer concatenates (11%
+    of a batch-100 profile). Attention reads a view of the filled part."""
 
-    def __init__(self):
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
         super().__init__()
-        self.is_initialized, self.length = True, 0
-        self._k = self._v = torch.empty(0)
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self.length = 0
+        self._k = keys.new_empty((*keys.shape[:2], capacity, keys.shape[3]))
+        self._v = values.new_empty((*values.shape[:2], capacity, values.shape[3]))
+        self.update(keys, values)
 
     def update(self, key_states, value_states, *args, **kwargs):
         end = self.length + key_states.shape[-2]
@@ -106,42 +107,14 @@ class _SlabLayer(DynamicLayer):
         self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
         return self.keys, self.values
 
-    def rebuild(self, plan: _Plan, keys: torch.Tensor | None, values: torch.Tensor | None):
-        """The kept rows' filled columns from `plan.drop` on, moved right by `plan.shift`,
-        then the joining rows' prompt cache (`keys`, `values`) in the last filled columns."""
-        width = 0 if keys is None else keys.shape[2]
-        slabs = []
-        for old, new in ((self._k, keys), (self._v, values)):
-            like = new if new is not None else old
-            slab = like.new_empty((plan.rows, like.shape[1], plan.capacity, like.shape[3]))
-            kept = len(plan.keep)
-            # Masked columns are read too (as 0 x value): zeros there, never stale memory.
-            if kept:
-                slab[:kept, :, : plan.shift].zero_()
-                slab[:kept, :, plan.shift : plan.length] = old[
-                    plan.keep, :, plan.drop : self.length
-                ]
-            if new is not None:
-                slab[kept:, :, : plan.length - width].zero_()
-                slab[kept:, :, plan.length - width : plan.length] = new
-            slabs.append(slab)
-        self._k, self._v = slabs
-        self.dtype, self.device, self.length = self._k.dtype, self._k.device, plan.length
-        self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """How a batch's cache changes: the rows kept (indices into the current batch), columns
-    dropped on the left (no kept row reads them), columns added on the left (a joining prompt
-    longer than what is filled), then the filled length, rows and capacity."""
-
-    keep: torch.Tensor
-    drop: int
-    shift: int
-    length: int
-    rows: int
-    capacity: int
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        k, v, n = self._k, self._v, self.length
+        self._k, self._v = (
+            k.new_empty((len(indices), *k.shape[1:])),
+            v.new_empty((len(indices), *v.shape[1:])),
+        )
+        self._k[:, :, :n], self._v[:, :, :n] = k[indices, :, :n], v[indices, :, :n]
+        self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
 
 
 @dataclass
@@ -154,137 +127,67 @@ class Drawn:
     logits: torch.Tensor | None = None  # (len(tokens), vocab)
 
 
-class _Batch:
-    """The rows being decoded: the request behind each, its cache (one slab per layer), its
-    attention mask over the slab's columns, its next position and the token it feeds next."""
-
-    def __init__(self, loaded: LoadedModel, prompts: Sequence[Sequence[int]], pad: int):
-        self.loaded, self.prompts, self.pad = loaded, prompts, pad
-        self.cache = DynamicCache()
-        self.cache.layers = []
-        self.live: list[int] = []
-        dev = loaded.device
-        self.masks = torch.zeros((0, 0), dtype=torch.long, device=dev)
-        self.start = torch.zeros(0, dtype=torch.long, device=dev)  # first real column
-        self.position = torch.zeros(0, dtype=torch.long, device=dev)
-        self.feed: list[int] = []
-
-    def regroup(self, ended: set[int], joining: list[int], room: Mapping[int, int]) -> None:
-        """Rows of `ended` requests leave; `joining` requests join, their prompts but the last
-        token encoded (each distinct one once) and that token fed at the next step, as a
-        continuing row feeds its last drawn token. `room[r]`: the columns request r may still
-        write."""
-        dev, slabs = self.loaded.device, self.cache.layers
-        rows = [row for row, r in enumerate(self.live) if r not in ended]
-        keep = torch.tensor(rows, dtype=torch.long, device=dev)
-        length = slabs[0].length if slabs else 0
-        drop = int(self.start[keep].min()) if rows else length
-        keys: list[torch.Tensor | None] = [None] * len(slabs)
-        values = list(keys)
-        width, new_mask = 0, None
-        if joining:
-            heads = [tuple(self.prompts[r][:-1]) for r in joining]
-            unique = list(dict.fromkeys(heads))
-            ids, mask, pos = left_pad(unique, self.pad, dev)
-            out = self.loaded.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                    use_cache=True, logits_to_keep=1)  # fmt: skip
-            slot = torch.tensor([unique.index(h) for h in heads], device=dev)
-            layers = out.past_key_values.layers
-            if not slabs:
-                slabs = self.cache.layers = [_SlabLayer() for _ in layers]
-            keys = [x.keys[slot] for x in layers]
-            values = [x.values[slot] for x in layers]
-            width, new_mask = ids.shape[1], mask[slot]
-        n = length - drop
-        shift = max(0, width - n)
-        filled = shift + n
-        live = [self.live[row] for row in rows] + joining
-        plan = _Plan(keep, drop, shift, filled, len(live), filled + max(room[r] for r in live))
-        for layer, k, v in zip(slabs, keys, values, strict=True):
-            layer.rebuild(plan, k, v)
-        masks = torch.zeros((len(live), plan.capacity), dtype=torch.long, device=dev)
-        masks[: len(rows), shift:filled] = self.masks[keep, drop:length]
-        start = self.start[keep] - drop + shift
-        position = self.position[keep]
-        if joining:
-            masks[len(rows) :, filled - width : filled] = new_mask
-            lengths = torch.tensor([len(self.prompts[r]) for r in joining], device=dev)
-            start = torch.cat([start, filled - (lengths - 1)])
-            position = torch.cat([position, lengths - 1])
-        self.live, self.masks, self.start, self.position = live, masks, start, position
-        self.feed = [self.feed[row] for row in rows] + [self.prompts[r][-1] for r in joining]
-
-    def step(self) -> torch.Tensor:
-        """Each row's next-token logits, after its fed token is written to the cache."""
-        col = self.cache.layers[0].length
-        self.masks[:, col] = 1
-        logits = self.loaded.model(
-            input_ids=torch.tensor(self.feed, device=self.loaded.device).unsqueeze(1),
-            attention_mask=self.masks[:, : col + 1],
-            position_ids=self.position.unsqueeze(1),
-            past_key_values=self.cache,
-            use_cache=True,
-        ).logits[:, -1]
-        self.position = self.position + 1
-        return logits
-
-
-def run(
-    loaded: LoadedModel,
-    requests: Sequence[Request],
-    *,
-    logits: bool = False,
-    batch_size: int | None = None,
-    done: Callable[[list[int], list[Drawn]], None] | None = None,
-) -> list[Drawn]:
-    """Every request's answer. At most `batch_size` rows decode at once (all by default), in
-    the order given: a row leaves the batch when it ends (at its end-of-turn token or its own
-    limit) and waiting requests join in its place (leaving copies the cache, so rows leave once
-    an eighth of the batch has ended, and join once a quarter of its places are free). Joining
-    prompts are encoded once each and their cache copied to their rows. `done(indices, answers)` is told of requests as
-    they leave. The one place sampling settings are applied, for `complete`, `sample`,
-    `answers` and the server."""
-    if not requests:
-        return []
+def run(loaded: LoadedModel, requests: Sequence[Request], *, logits: bool = False) -> list[Drawn]:
+    """Every request's answer, drawn in one batch. Each distinct prompt (a question asked n
+    times) is encoded once, left-padded, and its cache copied to its rows; a row leaves the
+    batch when it ends (at its end-of-turn token or its own limit), the batch shrinking every
+    few departures, so finished rows stop costing compute. The one place sampling settings are
+    applied, for `complete`, `sample`, `answers` and the server."""
     tok = loaded.tokenizer
     eos = tok.eos_token_id
-    prompts = [chat.encode_prompt(tok, r.messages) for r in requests]
-    batch = _Batch(loaded, prompts, tok.pad_token_id if tok.pad_token_id is not None else eos)
-    cap = batch_size or len(requests)
+    prompts = [tuple(chat.encode_prompt(tok, r.messages)) for r in requests]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    unique = list(dict.fromkeys(prompts))
+    ids, mask, pos = left_pad(unique, pad, loaded.device)
+    steps = max(r.max_new_tokens for r in requests)
+    limits = [r.max_new_tokens for r in requests]
     draw = _Draws(requests)
     drawn = [Drawn() for _ in requests]
     kept: list[list[torch.Tensor]] = [[] for _ in requests]
-    ended: list[int] = []
-    waiting = 0  # the next request to join
     with torch.inference_mode():
-        while True:
-            live, free = len(batch.live), cap - len(batch.live) + len(ended)
-            # Joining in groups (a quarter of the places) makes fewer, fuller prompt passes.
-            join = waiting < len(requests) and free >= max(1, cap // 4)
-            if join or ended and (len(ended) == live or len(ended) >= max(4, live // 8)):
-                joining = list(range(waiting, min(len(requests), waiting + free * join)))
-                waiting += len(joining)
-                room = {r: requests[r].max_new_tokens - len(drawn[r].tokens) + 1
-                        for r in [*batch.live, *joining]}  # fmt: skip
-                if done and ended:
-                    done(ended, [drawn[r] for r in ended])
-                if len(ended) == live and not joining:
-                    break
-                batch.regroup(set(ended), joining, room)
-                ended = []
-            scores = batch.step()
-            chosen = draw(scores, batch.live).tolist()
-            for row, (r, t) in enumerate(zip(batch.live, chosen, strict=True)):
-                d = drawn[r]
-                if d.stopped or len(d.tokens) >= requests[r].max_new_tokens:
-                    continue  # ended, waiting to leave
-                d.tokens.append(t)
+        out = loaded.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                           logits_to_keep=1)  # fmt: skip
+        cache = out.past_key_values
+        cache.layers = [_SlabLayer(x.keys, x.values, ids.shape[1] + steps) for x in cache.layers]
+        slot = {p: i for i, p in enumerate(unique)}
+        index = torch.tensor([slot[p] for p in prompts], device=ids.device)
+        cache.batch_select_indices(index)
+        scores = out.logits[index, -1]
+        width = ids.shape[1]
+        masks = torch.ones((len(requests), width + steps), dtype=mask.dtype, device=ids.device)
+        masks[:, :width] = mask[index]
+        position = pos[index, -1]
+        live = list(range(len(requests)))  # the request behind each batch row
+        done = [False] * len(requests)
+        for step in range(steps):
+            chosen = draw(scores, live).tolist()
+            for row, (r, t) in enumerate(zip(live, chosen, strict=True)):
+                if done[r]:
+                    continue
+                drawn[r].tokens.append(t)
                 if logits:
                     kept[r].append(scores[row].float().cpu())
-                d.stopped = t == eos
-                if d.stopped or len(d.tokens) >= requests[r].max_new_tokens:
-                    ended.append(r)
-            batch.feed = chosen
+                drawn[r].stopped = t == eos
+                done[r] = t == eos or len(drawn[r].tokens) >= limits[r]
+            finished = [row for row, r in enumerate(live) if done[r]]
+            if len(finished) == len(live):
+                break
+            # Shrinking copies the cache: worth it once a few rows (an eighth) are done.
+            if len(finished) >= max(4, len(live) // 8):
+                keep = torch.tensor([row for row, r in enumerate(live) if not done[r]],
+                                    device=ids.device)  # fmt: skip
+                cache.batch_select_indices(keep)
+                masks, position = masks[keep], position[keep]
+                live = [live[row] for row in keep.tolist()]
+                chosen = [chosen[row] for row in keep.tolist()]
+            position = position + 1
+            scores = loaded.model(
+                input_ids=torch.tensor(chosen, device=ids.device).unsqueeze(1),
+                attention_mask=masks[:, : width + step + 1],
+                position_ids=position.unsqueeze(1),
+                past_key_values=cache,
+                use_cache=True,
+            ).logits[:, -1]
     if logits:
         for d, k in zip(drawn, kept, strict=True):
             d.logits = torch.stack(k) if k else None
@@ -298,23 +201,25 @@ def complete(
     batch_size: int = 32,
     done: Callable[[list[int], list[str]], None] | None = None,
 ) -> list[str]:
-    """Every request's answer, in order. Rows are sorted by answer limit and prompt length, so
-    those decoding together pad little, and run at most `batch_size` at a time, a finished
-    row's place going to the next waiting one; `done(indices, answers)` is told of answers
-    as they finish (to store them)."""
+    """Every request's answer, in order. Rows are sorted by answer limit and prompt length and
+    run at most `batch_size` at a time, so a batch pads little; `done(indices, answers)` is
+    told of each batch as it finishes (to store it)."""
     tok = loaded.tokenizer
     lengths = [len(chat.encode_prompt(tok, r.messages)) for r in requests]
     order = sorted(range(len(requests)), key=lambda i: (requests[i].max_new_tokens, lengths[i]))
     texts: list[str] = [""] * len(requests)
-
-    def finished(rows: list[int], answers: list[Drawn]) -> None:
-        idx = [order[r] for r in rows]
-        for i, d in zip(idx, answers, strict=True):
-            texts[i] = tok.decode(d.tokens, skip_special_tokens=True).strip()
+    # Equal batches (100 rows at 32: 4 x 25, not 32, 32, 32, 4): a batch costs its longest row.
+    per = -(-len(order) // max(1, -(-len(order) // batch_size)))
+    for b in range(0, len(order), per):
+        idx = order[b : b + per]
+        batch = [
+            tok.decode(d.tokens, skip_special_tokens=True).strip()
+            for d in run(loaded, [requests[i] for i in idx])
+        ]
+        for i, text in zip(idx, batch, strict=True):
+            texts[i] = text
         if done:
-            done(idx, [texts[i] for i in idx])
-
-    run(loaded, [requests[i] for i in order], batch_size=batch_size, done=finished)
+            done(idx, batch)
     return texts
 
 
