@@ -135,6 +135,7 @@ def test_dp_sgd_trains_the_chat_adapter_with_its_own_batch_and_reports_its_epsil
     assert 0 < epsilon <= 8.05 and manifest["epsilon"] == epsilon and delta == 1e-5
     assert config["dp"]["epsilon"] == 8.0 and config["lora"]["rank"] == 4
     assert (config["batch_size"], config["lr"], manifest["steps"]) == (6, 2e-3, 2)
+    assert (v.loaded.adapter / "adapter_model.safetensors").is_file()
     # the key of a run without DP is what it was before DP existed
     dp = TrainConfig(dp=DPSettings(epsilon=8.0))
     assert "dp" not in TrainConfig().key_fields() and "dp" in dp.key_fields()
