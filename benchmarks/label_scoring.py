@@ -1,6 +1,6 @@
 """Labelled examples per second for classification on both victims, one run, side by side:
 
-    python benchmarks/label_scoring.py [--n 256] [--smoke]
+    python benchmarks/label_scoring.py [--n 256] [--onion 16] [--onion-before SRC] [--smoke]
 
 - llm packed: the bundled chat model's scorer (classify.label_logprobs): the shared prompt
   prefix runs once, each review once with both labels packed after it under a tree mask;
@@ -10,7 +10,8 @@
   evaluation by sampling would cost);
 - encoder: all-MiniLM-L6-v2 with a classification head (untrained head: speed only);
 - ONION's per-word suspicion on the first --onion reviews, seconds per review: each word's
-  deletion run whole, and the deletions from the text's own pass (the default).
+  deletion run whole, and every deletion packed into passes with the text's own tokens (the
+  default); with --onion-before SRC, also an earlier checkout's ONION on the same reviews.
 
 Prints examples/s for each, the packed/unpacked ratio, and whether packed and unpacked chose
 the same label for every review (and their largest log-probability difference).
@@ -19,7 +20,11 @@ the same label for every review (and their largest log-probability difference).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
+import subprocess
+import sys
 import time
 import warnings
 
@@ -45,6 +50,12 @@ def main() -> None:
     )
     p.add_argument("--n", type=int, default=256, help="test reviews to classify")
     p.add_argument("--onion", type=int, default=16, help="test reviews ONION's suspicion runs on")
+    p.add_argument(
+        "--onion-before",
+        metavar="SRC",
+        help="the src/ of an earlier checkout (git worktree add --detach DIR REV): its ONION "
+        "timed on the same reviews, in a process of its own, beside ours",
+    )
     p.add_argument(
         "--smoke", action="store_true", help="4 reviews (ONION: the shortest): does it run?"
     )
@@ -85,30 +96,55 @@ def main() -> None:
     diff = (packed - unpacked).abs().max().item()
     ratio = results["llm packed, batch 32"] / results["llm unpacked, batch 32"]
     print(f"llm packed / unpacked: {ratio:.2f}x; same labels: {same}; max |diff| {diff:.1e}")
-    onion(m, sorted(texts, key=len)[: a.onion] if a.smoke else texts[: a.onion])
+    onion(m, sorted(texts, key=len)[: a.onion] if a.smoke else texts[: a.onion], a.onion_before)
 
 
-def onion(m, texts: list[str]) -> None:
-    """ONION's per-word suspicion, seconds per review: deletions from the text's shared pass
-    against each deletion run whole; the same words above a threshold (the 95% quantile of
-    the whole runs' suspicions, as ONION sets it on clean reviews) in every review?"""
-    sus, secs = {}, {}
-    for shared in (False, True):
+# The earlier checkout's ONION, with its own package on the path: only the call every version
+# has, `onion_suspicion(model, tokenizer, text)`, on texts read from stdin.
+_ELSEWHERE = """
+import json, sys, time, warnings
+warnings.filterwarnings("ignore")
+from backdoorlab.defenses import filters
+from backdoorlab.models import load
+texts = json.load(sys.stdin)
+m = load("smollm2-135m")
+t0 = time.perf_counter()
+sus = [filters.onion_suspicion(m.model, m.tokenizer, t)[1].tolist() for t in texts]
+print(json.dumps({"seconds": time.perf_counter() - t0, "sus": sus}))
+"""
+
+
+def _onion_elsewhere(src: str, texts: list[str]) -> tuple[float, list[np.ndarray]]:
+    env = {**os.environ, "PYTHONPATH": src}
+    out = subprocess.run([sys.executable, "-c", _ELSEWHERE], input=json.dumps(texts), env=env,
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    got = json.loads(out.strip().splitlines()[-1])
+    return got["seconds"] / len(texts), [np.asarray(v) for v in got["sus"]]
+
+
+def onion(m, texts: list[str], before: str | None = None) -> None:
+    """ONION's per-word suspicion, seconds per review: the deletions packed with the text's own
+    tokens against each deletion run whole (and against an earlier checkout's ONION); the same
+    words above a threshold (the 95% quantile of the whole runs' suspicions, as ONION sets it on
+    clean reviews) in every review?"""
+    runs = {}  # name: (seconds per review, suspicions per review)
+    if before:
+        runs[f"code at {before}"] = _onion_elsewhere(before, texts)
+    for name, shared in (("each deletion whole", False), ("deletions packed", True)):
         t0 = time.perf_counter()
-        sus[shared] = [
-            filters.onion_suspicion(m.model, m.tokenizer, t, shared=shared)[1] for t in texts
-        ]
-        secs[shared] = (time.perf_counter() - t0) / len(texts)
-    cut = np.quantile(np.concatenate(sus[False]), 0.95)
-    same = sum((a > cut).tolist() == (b > cut).tolist() for a, b in zip(*sus.values(), strict=True))
-    rel = max(
-        float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(*sus.values(), strict=True)
-    )
+        sus = [filters.onion_suspicion(m.model, m.tokenizer, t, shared=shared)[1] for t in texts]
+        runs[name] = ((time.perf_counter() - t0) / len(texts), sus)
     words = sum(len(t.split()) for t in texts) / len(texts)
-    print(f"onion, each deletion whole       {secs[False]:8.2f} s/review ({words:.0f} words)")
-    print(f"onion, deletions from shared pass {secs[True]:7.2f} s/review")
-    print(f"onion shared / whole: {secs[False] / secs[True]:.2f}x; same words removed in "
-          f"{same}/{len(texts)} reviews; max relative |diff| {rel:.1e}")  # fmt: skip
+    for name, (secs, _) in runs.items():
+        print(f"onion, {name:30s} {secs:6.2f} s/review ({words:.0f} words)")
+    packed_secs, packed = runs.pop("deletions packed")
+    cut = np.quantile(np.concatenate(runs["each deletion whole"][1]), 0.95)
+    for name, (secs, sus) in runs.items():
+        pairs = list(zip(packed, sus, strict=True))
+        same = sum((a > cut).tolist() == (b > cut).tolist() for a, b in pairs)
+        rel = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in pairs)
+        print(f"onion packed / {name}: {secs / packed_secs:.2f}x; same words removed in "
+              f"{same}/{len(texts)} reviews; max relative |diff| {rel:.1e}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -89,20 +89,19 @@ def test_perplexity_scan_and_onion_single_out_an_inserted_token(lm):
 
 
 def test_onion_from_a_shared_prefix_equals_every_deletion_run_whole(lm):
-    """The deletions after the first word reuse the text's own pass; each still gets the
+    """The deletions after the first word reuse the text's own tokens; each still gets the
     perplexity of its deletion run whole (irregular spacing, the last word, punctuation and a
-    one-token ending included), and the words are batched by suffix length in several
-    batches."""
+    one-token ending included), packed into one pass or, with a small budget, several."""
     text = "A  warm cf film, truly the best I have seen in 1984 (and later)... Really, yes"
     ws = text.split()
     variants = [text] + [" ".join(ws[:i] + ws[i + 1 :]) for i in range(len(ws))]
     whole = np.exp(scan.perplexity_scores(*lm, variants))
-    words, sus = filters.onion_suspicion(*lm, text, batch_size=4)
-    assert words == ws
-    np.testing.assert_allclose(sus, whole[0] - whole[1:], rtol=1e-4, atol=1e-3)
+    for budget in (768, 60):
+        words, sus = filters.onion_suspicion(*lm, text, pack_tokens=budget)
+        assert words == ws
+        np.testing.assert_allclose(sus, whole[0] - whole[1:], rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(filters.onion_suspicion(*lm, text, shared=False)[1],
                                whole[0] - whole[1:], rtol=1e-5)  # fmt: skip
-    assert filters._like_lengths([9, 8, 4, 3, 1], 4, min_tokens=1) == [[0, 1], [2, 3], [4]]
 
 
 def test_strip_rejects_inputs_whose_prediction_survives_mixing():

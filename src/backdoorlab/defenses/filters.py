@@ -12,10 +12,10 @@
 
 from __future__ import annotations
 
-import copy
 import random
 import re
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,37 +25,46 @@ from .scan import perplexity_scores, token_nll
 
 
 def onion_suspicion(
-    model, tokenizer, text: str, *, batch_size: int = 32, shared: bool = True
-) -> tuple[list[str], np.ndarray]:
+    model, tokenizer, text: str, *, batch_size: int = 32, shared: bool = True,
+    pack_tokens: int = 768,
+) -> tuple[list[str], np.ndarray]:  # fmt: skip
     """Words of `text` and, per word, perplexity(text) - perplexity(text without it).
-    `shared`: deletions from the text's own pass where that is cheaper (the default; off,
-    each deletion runs whole, as benchmarks/label_scoring.py compares)."""
+    `shared` (the default): every deletion in packed passes of at most `pack_tokens` tokens
+    that share the text's own tokens; off, each deletion runs whole, `batch_size` texts a
+    pass (as benchmarks/label_scoring.py compares)."""
     ws = text.split()
     if len(ws) < 2:
         return ws, np.zeros(len(ws))
-    # Under 8 words the text's own pass costs more than sharing it saves (0.62 s against
-    # 0.36 s whole at 5 words here).
-    nll = (
-        _deletions_from_shared_prefix(model, tokenizer, text, ws, batch_size)
-        if shared and len(ws) >= 8
-        else None
-    )
-    if nll is None:  # short, or words that do not tokenize apart: each deletion whole
+    nll = _deletions_packed(model, tokenizer, text, ws, pack_tokens) if shared else None
+    if nll is None:  # words that do not tokenize apart, or asked for: each deletion whole
         variants = [text] + [" ".join(ws[:i] + ws[i + 1 :]) for i in range(len(ws))]
         nll = perplexity_scores(model, tokenizer, variants, batch_size=batch_size)
     ppl = np.exp(nll)
     return ws, ppl[0] - ppl[1:]
 
 
-def _deletions_from_shared_prefix(
-    model, tokenizer, text: str, ws: list[str], batch_size: int
+class _Segment(NamedTuple):
+    """Tokens packed into one pass: what each predicts (-100: nothing), the position of the
+    first, and how many of the text's own tokens (packed first) it may attend to."""
+
+    tokens: list[int]
+    targets: list[int]
+    position: int
+    sees: int
+
+
+def _deletions_packed(
+    model, tokenizer, text: str, ws: list[str], pack_tokens: int
 ) -> np.ndarray | None:
     """The mean token NLL of `text` and of each one-word deletion, as perplexity_scores gives
     them, None where the tokenizer does not tokenize space-separated words apart (then a
-    deletion's tokens are not the text's with a span cut out). A deletion's tokens before the
-    word are the text's own, so their NLL is read off one pass over the text, and only the
-    tokens after the word run, on that pass's cache: about half the tokens of running every
-    deletion whole, and no padding to the longest (BENCHMARKS.md, ONION)."""
+    deletion's tokens are not the text's with a span cut out).
+
+    A deletion's tokens before its word are the text's own, so their NLL is read off the
+    text's pass; only the tokens after the word run again, at the positions they take in the
+    deletion, attending to the text's tokens before the word. The text and those suffixes go
+    into one sequence under a block mask: about half the tokens of running every deletion
+    whole, in products of hundreds of rows (BENCHMARKS.md, ONION)."""
     pieces = [
         tokenizer(w if i == 0 else " " + w, add_special_tokens=False)["input_ids"]
         for i, w in enumerate(ws)
@@ -63,84 +72,78 @@ def _deletions_from_shared_prefix(
     ids = [t for p in pieces for t in p]
     if not all(pieces) or tokenizer(" ".join(ws))["input_ids"] != ids:
         return None
-    # The text as given (its spacing may differ from the joined words), and the first word's
-    # deletion, whose next word then starts the text without its space: both run whole.
-    first = perplexity_scores(model, tokenizer, [text, " ".join(ws[1:])], batch_size=batch_size)
-    device = next(model.parameters()).device
     n = len(ids)
-    lengths = [len(p) for p in pieces]
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    x = torch.tensor([ids], device=device)
-    out = [float(first[0]), float(first[1])]
-    with torch.inference_mode():
-        full = model(input_ids=x, use_cache=True)
-        logp = full.logits[0].float().log_softmax(-1)
-        # before[j]: NLL of the text's tokens 1..j given what precedes each
-        before = torch.cat(
-            [logp.new_zeros(1), (-logp[:-1].gather(1, x[0, 1:, None])[:, 0]).cumsum(0)]
-        )
-        total = [float(before[s - 1]) for s in starts]
-        for i in range(1, len(ws)):  # the token after the word, from the prefix's last logits
-            if ends[i] < n:
-                total[i] -= float(logp[starts[i] - 1, ids[ends[i]]])
-        # what follows each word, from the prefix cache: longest first, in batches of like
-        # length (a padded token costs what a real one does)
-        rows = sorted((i for i in range(1, len(ws)) if ends[i] < n - 1), key=lambda i: ends[i])
-        for chunk in _like_lengths([n - 1 - int(ends[i]) for i in rows], batch_size):
-            chunk = [rows[j] for j in chunk]
-            for i, v in zip(chunk, _suffix_nll(model, full.past_key_values, ids, starts, ends,
-                                               chunk), strict=True):  # fmt: skip
-                total[i] += v
+    ends = np.cumsum([len(p) for p in pieces]).tolist()
+    starts = [e - len(p) for e, p in zip(ends, pieces, strict=True)]
+    # Run on their own: the text as given where its spacing changes its tokens, and the first
+    # word's deletion, whose next word then starts the text without its space.
+    alone = [tokenizer(t)["input_ids"] for t in (text, " ".join(ws[1:]))]
+    fresh = [a for a in alone if a != ids]
+    segments = [_Segment(f, f[1:] + [-100], 0, 0) for f in fresh] + [
+        _Segment(ids[ends[i] : -1], ids[ends[i] + 1 :], starts[i], starts[i])
+        for i in range(1, len(ws))
+        if ends[i] < n - 1
+    ]
+    sums, nll_own, logp_own = _packed_nll(model, _Segment(ids, ids[1:] + [-100], 0, 0), segments,
+                                          pack_tokens)  # fmt: skip
+    before = np.concatenate([[0.0], np.cumsum(nll_own)])  # before[j]: NLL of tokens 1..j
+    mean = {
+        tuple(f): v / max(len(f) - 1, 1) for f, v in zip(fresh, sums[: len(fresh)], strict=True)
+    }
+    out = [mean.get(tuple(a), before[-1] / (n - 1)) for a in alone]
+    suffix = iter(sums[len(fresh) :])
     for i in range(1, len(ws)):
-        count = starts[i] + n - ends[i] - 1  # the deletion's length less its first token
-        out.append(total[i] / max(count, 1))
+        s, e = starts[i], ends[i]
+        total = before[s - 1]
+        if e < n:  # the word's first follower, from the text's logits before the word
+            total -= float(logp_own[s - 1, ids[e]])
+        if e < n - 1:
+            total += next(suffix)
+        out.append(total / max(s + n - e - 1, 1))  # the deletion's length less its first token
     return np.asarray(out)
 
 
-def _like_lengths(lengths: list[int], batch_size: int, *, min_tokens: int = 256) -> list[list[int]]:
-    """Indices of `lengths` (longest first) in batches of at most `batch_size`; a batch ends
-    early where the next is under half its longest, once it holds `min_tokens`."""
-    out: list[list[int]] = []
-    for j, k in enumerate(lengths):
-        b = out[-1] if out else None
-        if b is None or len(b) == batch_size or (2 * k < lengths[b[0]] and
-                                                 len(b) * lengths[b[0]] >= min_tokens):  # fmt: skip
-            out.append([j])
-        else:
-            b.append(j)
-    return out
-
-
-def _suffix_nll(model, cache, ids, starts, ends, rows) -> list[float]:
-    """For each row (a word deleted), the summed NLL of the text's tokens after the word's
-    first follower, each row's input the tokens after the word at the positions they take in
-    the deletion, attending to the text's cache up to the word."""
+@torch.inference_mode()
+def _packed_nll(model, own: _Segment, segments: list[_Segment], pack_tokens: int):
+    """Each segment's summed NLL, and the NLL and log-probabilities at each of `own`'s
+    tokens. `own` leads every pass, since segments attend to its tokens; the segments fill
+    passes of up to `pack_tokens` tokens, at least one each."""
     device = next(model.parameters()).device
-    prefix = int(max(starts[i] for i in rows))
-    width = len(ids) - 1 - int(min(ends[i] for i in rows))
-    b = len(rows)
-    inputs = torch.zeros((b, width), dtype=torch.long, device=device)
-    mask = torch.zeros((b, prefix + width), dtype=torch.long, device=device)
-    targets = torch.full((b, width), -100, dtype=torch.long, device=device)
-    for r, i in enumerate(rows):
-        s, e = int(starts[i]), int(ends[i])
-        k = len(ids) - 1 - e
-        inputs[r, :k] = torch.tensor(ids[e:-1])
-        targets[r, :k] = torch.tensor(ids[e + 1 :])
-        mask[r, :s] = 1
-        mask[r, prefix : prefix + k] = 1
-    pos = torch.tensor([int(starts[i]) for i in rows], device=device)[:, None] + torch.arange(
-        width, device=device
-    )
-    shared = copy.deepcopy(cache)  # the text's cache up to the longest prefix, per row
-    shared.crop(prefix - len(ids))  # (transformers crops by a count from the end)
-    shared.batch_repeat_interleave(b)
-    logits = model(
-        input_ids=inputs, attention_mask=mask, position_ids=pos, past_key_values=shared,
-        use_cache=False,
-    ).logits.float()  # fmt: skip
-    return token_nll(logits, targets).sum(1).tolist()
+    dtype = next(model.parameters()).dtype
+    n = len(own.tokens)
+    passes: list[list[_Segment]] = [[]]
+    for seg in segments:
+        if passes[-1] and n + sum(len(s.tokens) for s in passes[-1] + [seg]) > pack_tokens:
+            passes.append([])
+        passes[-1].append(seg)
+    sums: list[float] = []
+    for k, group in enumerate(passes):
+        spans, tokens, targets, positions = [], list(own.tokens), list(own.targets), list(range(n))
+        for seg in group:
+            spans.append((len(tokens), len(seg.tokens)))
+            tokens += seg.tokens
+            targets += seg.targets
+            positions += range(seg.position, seg.position + len(seg.tokens))
+        allowed = torch.ones((len(tokens),) * 2, dtype=torch.bool).tril()
+        allowed[n:, :n] = False
+        for (a, m), seg in zip(spans, group, strict=True):
+            allowed[a : a + m, : seg.sees] = True
+            allowed[a : a + m, n:a] = False  # not the segments before it
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(
+            ~allowed, torch.finfo(dtype).min
+        )
+        skip = 0 if k == 0 else n  # the text's own logits once
+        logits = model(
+            input_ids=torch.tensor([tokens], device=device),
+            position_ids=torch.tensor([positions], device=device),
+            attention_mask=mask[None, None].to(device),
+            logits_to_keep=len(tokens) - skip,
+        ).logits.float()  # fmt: skip
+        nll = token_nll(logits, torch.tensor([targets[skip:]], device=device))[0]
+        if k == 0:
+            nll_own, logp_own = nll[: n - 1].cpu().numpy(), logits[0, :n].log_softmax(-1)
+        sums += [float(nll[a - skip : a - skip + m].sum()) for a, m in spans]
+    return sums, nll_own, logp_own
 
 
 class Onion:
