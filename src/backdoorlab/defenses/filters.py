@@ -149,7 +149,8 @@ def _packed_nll(model, own: _Segment, segments: list[_Segment], pack_tokens: int
 class Onion:
     def __init__(self, model, tokenizer, dev_texts: Sequence[str], frr: float = 0.05):
         self.model, self.tokenizer = model, tokenizer
-        # One text costs a forward pass per word; the clean test texts recur for every arm.
+        # A text of n tokens costs about n^2 / 2 tokens of passes; the clean test texts recur
+        # for every arm.
         self._cache: dict[str, tuple[list[str], np.ndarray]] = {}
         sus = np.concatenate([self.suspicion(t)[1] for t in dev_texts])
         self.threshold = float(np.quantile(sus, 1 - frr))
