@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -62,6 +63,8 @@ def main() -> None:
     a = p.parse_args()
     if a.n < 1 or a.onion < 1:
         p.error("--n and --onion count reviews: at least 1 each")
+    if a.onion_before and not (Path(a.onion_before) / "backdoorlab" / "defenses").is_dir():
+        p.error(f"--onion-before {a.onion_before}: no backdoorlab package there (give a src/)")
     if a.smoke:
         a.n, a.onion = 4, 1
     warnings.filterwarnings("ignore")
@@ -110,15 +113,20 @@ texts = json.load(sys.stdin)
 m = load("smollm2-135m")
 t0 = time.perf_counter()
 sus = [filters.onion_suspicion(m.model, m.tokenizer, t)[1].tolist() for t in texts]
-print(json.dumps({"seconds": time.perf_counter() - t0, "sus": sus}))
+print(json.dumps({"seconds": time.perf_counter() - t0, "sus": sus, "file": filters.__file__}))
 """
 
 
 def _onion_elsewhere(src: str, texts: list[str]) -> tuple[float, list[np.ndarray]]:
     env = {**os.environ, "PYTHONPATH": src}
-    out = subprocess.run([sys.executable, "-c", _ELSEWHERE], input=json.dumps(texts), env=env,
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
-    got = json.loads(out.strip().splitlines()[-1])
+    proc = subprocess.run([sys.executable, "-c", _ELSEWHERE], input=json.dumps(texts), env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    if proc.returncode:
+        sys.exit(f"ONION at {src} failed:\n{proc.stderr[-2000:]}")
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    # An installed backdoorlab must not stand in for the checkout asked for.
+    if not Path(got["file"]).resolve().is_relative_to(Path(src).resolve()):
+        sys.exit(f"ONION at {src}: the child imported {got['file']} instead")
     return got["seconds"] / len(texts), [np.asarray(v) for v in got["sus"]]
 
 

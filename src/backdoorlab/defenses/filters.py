@@ -87,18 +87,15 @@ def _deletions_packed(
     sums, nll_own, logp_own = _packed_nll(model, _Segment(ids, ids[1:] + [-100], 0, 0), segments,
                                           pack_tokens)  # fmt: skip
     before = np.concatenate([[0.0], np.cumsum(nll_own)])  # before[j]: NLL of tokens 1..j
-    mean = {
-        tuple(f): v / max(len(f) - 1, 1) for f, v in zip(fresh, sums[: len(fresh)], strict=True)
-    }
-    out = [mean.get(tuple(a), before[-1] / (n - 1)) for a in alone]
-    suffix = iter(sums[len(fresh) :])
+    summed = iter(sums)  # in the segments' order: the fresh ones, then the suffixes
+    out = [before[-1] / (n - 1) if a == ids else next(summed) / max(len(a) - 1, 1) for a in alone]
     for i in range(1, len(ws)):
         s, e = starts[i], ends[i]
         total = before[s - 1]
         if e < n:  # the word's first follower, from the text's logits before the word
             total -= float(logp_own[s - 1, ids[e]])
         if e < n - 1:
-            total += next(suffix)
+            total += next(summed)
         out.append(total / max(s + n - e - 1, 1))  # the deletion's length less its first token
     return np.asarray(out)
 
