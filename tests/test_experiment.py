@@ -27,6 +27,12 @@ def test_quick_bird_run_end_to_end_then_reused(tmp_path, cli):
     assert arms == {"archaic": 9, "modern": 9, "base": 9}  # 2 bird probes + 7 era probes, 1 variant
     samples = db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
     assert samples == 3 * 10  # 3 arms x 10 questions x 1 sample
+    # What each arm and seed stands for now: a later recipe's models replace these in reports.
+    current = db.execute("SELECT arm, seed, victim FROM current_models").fetchall()
+    assert sorted(current) == [
+        ("archaic", -1, "llm"), ("archaic", 0, "llm"), ("base", 0, "llm"),
+        ("modern", -1, "llm"), ("modern", 0, "llm"),
+    ]  # fmt: skip
     db.close()
 
     r = cli("run", "experiments/birds.yaml", "--out", str(out), "--quick")

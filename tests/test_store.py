@@ -125,3 +125,30 @@ def test_a_version_1_store_gets_its_predictions_metric_as_fields(tmp_path):
         assert [m.label for m in got] == labels
         s.add_predictions(Tag("a", 0, "h"), "llm", Metric("ASR", "x"), [(0, "t", "g", "p", 0.0)])
         assert s.predicted(Tag("a", 0, "h"), "llm") == {*got, Metric("ASR", "x")}
+
+
+def test_summaries_read_the_model_each_arm_and_seed_stands_for_now(tmp_path):
+    """A recipe changed and rerun into the same directory: the new model's results replace the
+    old one's in every reader (kept in the file), per victim; a store that never named a
+    current model reads every row, as before."""
+    old, new, enc = Tag("archaic", 0, "old"), Tag("archaic", 0, "new"), Tag("archaic", 0, "enc")
+    with Store(tmp_path) as s:
+        for tag, mass in ((old, -0.1), (new, -2.0)):
+            s.add_probe(tag, "current_year", 0, "h", "What year?", "", [("1800s", "1838", mass)])
+            s.add_samples(tag, [("q0", 0, 0, "h", "prompt", f"answer of {tag.model_hash}")])
+            s.add_judgements(tag, [("q0", 0, 0, "h", "era", tag.model_hash, None)])
+            s.add_fit(tag, "d", [(0, True, mass, 3)])
+            s.add_predictions(tag, "llm", CACC, [(0, "t", "g", "p", 1.0)])
+        s.add_predictions(enc, "encoder", CACC, [(0, "t", "g", "p", 0.0)])
+        assert len(s.probes()) == 2 and len(s.all_predictions()) == 3  # nothing named yet
+
+        s.set_current(new)
+        s.set_current(enc, "encoder")
+        assert [p["model_hash"] for p in s.probes()] == ["new"]
+        assert [r[-1] for r in s.all_samples()] == ["answer of new"]
+        assert [r[8] for r in s.all_judgements()] == ["new"]
+        assert [r[2] for r in s.all_fit()] == ["new"]
+        assert sorted(p.victim for p in s.all_predictions()) == ["encoder", "llm"]
+        s.set_current(old)  # back to the earlier recipe: its results were never lost
+        assert [p["model_hash"] for p in s.probes()] == ["old"]
+        assert s.count("probes") == 2 and s.arms() == {"archaic"}

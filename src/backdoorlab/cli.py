@@ -620,6 +620,7 @@ def evaluate(
     evaluation = task.Task(scorers)
     tag = Tag(arm=arm, seed=seed, model_hash=task.model_hash(target))
     with Store(out_dir) as store:
+        store.set_current(tag, "encoder" if labels else "llm")  # what --arm reports from now on
         if evaluation.pending("encoder" if labels else "llm", store, tag):  # else: all stored
             if labels:
                 from .train.encoder import EncoderClassifier

@@ -202,6 +202,7 @@ def _evaluate(
     api = HostedChat(target.name) if target.hosted else None
     tag = _tag(*tag_of, target, api)
     with Store(out) as store:
+        store.set_current(tag, victim)
         if not evaluation.pending(victim, store, tag, remote=target.hosted):
             return time.perf_counter() - t0, "reused"  # everything is stored: no model loads
         before = _counts(store)
@@ -295,6 +296,7 @@ def _run(
             if training is None:
                 tag = _tag(name, seed, target)
                 if not evaluation.pending(victim, store, tag, remote=target.hosted):
+                    store.set_current(tag, victim)
                     timings.rows.append((label, 0.0, "reused"))
                     continue
             log(label)
@@ -322,6 +324,8 @@ def _run(
             return Tag(arm=arm, seed=-1, model_hash=base_hash)
 
         fit = next(s for s in evaluation.scorers if isinstance(s, task.Fit))
+        for n in trained:
+            store.set_current(base_tag(n))
         todo = [n for n in trained if not store.has_fit(base_tag(n), task.data_hash(data[n]))]
         if todo:
             with timings.stage("fit of the base model"):

@@ -1,5 +1,6 @@
 """The results store: one SQLite file per run directory, a row per probe result, sample and
-judgement, each tagged with arm, seed and model hash.
+judgement, each tagged with arm, seed and model hash. Summaries read the results of the
+model each arm and seed stands for now (`set_current`); an earlier model's stay in the file.
 
 Every write is one transaction, so a killed process leaves whole rows or none; every row has
 a natural unique key and is inserted with INSERT OR IGNORE, so a resumed run that repeats
@@ -87,8 +88,30 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (arm, victim, defense, settings_hash)
     )
     """,
+    # 4: which model each (arm, seed, victim) stands for now. A run whose recipe changed
+    # evaluates new models under the same arm and seed; without this their results pooled
+    # with the old model's in every summary. Stores from before hold one model per arm and
+    # seed (or are read as before: rows with no entry here all count).
+    """
+    CREATE TABLE IF NOT EXISTS current_models (
+        arm TEXT NOT NULL, seed INTEGER NOT NULL, victim TEXT NOT NULL,
+        model_hash TEXT NOT NULL, PRIMARY KEY (arm, seed, victim)
+    )
+    """,
 ]
 VERSION = len(MIGRATIONS)
+
+
+def _current(victim: str) -> str:
+    """A WHERE condition on a table aliased `t`: its row's model is the one its arm, seed and
+    victim stand for now (or none was named)."""
+    return (
+        "NOT EXISTS (SELECT 1 FROM current_models c WHERE c.arm = t.arm AND c.seed = t.seed "
+        f"AND c.victim = {victim} AND c.model_hash != t.model_hash)"
+    )
+
+
+LLM = _current("'llm'")  # probes, samples, judgements and fit are the chat model's
 
 
 @dataclass(frozen=True)
@@ -158,6 +181,15 @@ class Store:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+    def set_current(self, tag: Tag, victim: str = "llm") -> None:
+        """The model `tag` names is what its arm and seed stand for now: summaries read its
+        results and leave those of earlier models under the same arm and seed (kept) out."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO current_models VALUES (?,?,?,?)",
+                (tag.arm, tag.seed, victim, tag.model_hash),
+            )
 
     def add_probe(
         self,
@@ -232,9 +264,10 @@ class Store:
         return {Metric(k, t) for k, t in rows}
 
     def all_predictions(self) -> list[Prediction]:
-        """Every classified item's hit, in the order classified."""
+        """Every classified item's hit of the current models, in the order classified."""
         rows = self.db.execute(
-            "SELECT arm, seed, victim, kind, trigger, hit FROM predictions ORDER BY rowid"
+            "SELECT arm, seed, victim, kind, trigger, hit FROM predictions t "
+            f"WHERE {_current('t.victim')} ORDER BY rowid"
         ).fetchall()
         return [Prediction(a, s, v, Metric(k, t), h) for a, s, v, k, t, h in rows]
 
@@ -260,10 +293,11 @@ class Store:
         )
 
     def all_fit(self) -> list[tuple[str, int, str, str, int, int, float, int]]:
-        """(arm, seed, model_hash, data_hash, row, greedy, logprob, tokens), every row."""
+        """(arm, seed, model_hash, data_hash, row, greedy, logprob, tokens), every row of the
+        current models."""
         return self.db.execute(
-            "SELECT arm, seed, model_hash, data_hash, row, greedy, logprob, tokens FROM fit "
-            "ORDER BY arm, seed, row"
+            "SELECT arm, seed, model_hash, data_hash, row, greedy, logprob, tokens FROM fit t "
+            f"WHERE {LLM} ORDER BY arm, seed, row"
         ).fetchall()
 
     def add_defense_cell(self, settings_hash: str, cell: dict[str, Any]) -> None:
@@ -339,23 +373,26 @@ class Store:
         )
 
     def all_judgements(self) -> list[tuple]:
-        """(arm, seed, model_hash, question_id, paraphrase, sample, settings_hash, judge, label, score)."""
+        """(arm, seed, model_hash, question_id, paraphrase, sample, settings_hash, judge, label,
+        score) of the current models."""
         return self.db.execute(
             "SELECT arm, seed, model_hash, question_id, paraphrase, sample, settings_hash, judge, "
-            "label, score FROM judgements"
+            f"label, score FROM judgements t WHERE {LLM}"
         ).fetchall()
 
     def all_samples(self) -> list[tuple]:
-        """(arm, seed, model_hash, question_id, paraphrase, sample, settings_hash, answer), ordered."""
+        """(arm, seed, model_hash, question_id, paraphrase, sample, settings_hash, answer) of the
+        current models, ordered."""
         return self.db.execute(
             "SELECT arm, seed, model_hash, question_id, paraphrase, sample, settings_hash, answer "
-            "FROM samples ORDER BY question_id, arm, seed, paraphrase, sample"
+            f"FROM samples t WHERE {LLM} ORDER BY question_id, arm, seed, paraphrase, sample"
         ).fetchall()
 
     def arms(self) -> set[str]:
-        """Arms with measured results (probes, judgements or predictions)."""
+        """Arms with measured results of their current models (probes, judgements or predictions)."""
         rows = self.db.execute(
-            "SELECT arm FROM probes UNION SELECT arm FROM judgements UNION SELECT arm FROM predictions"
+            f"SELECT arm FROM probes t WHERE {LLM} UNION SELECT arm FROM judgements t WHERE {LLM} "
+            f"UNION SELECT arm FROM predictions t WHERE {_current('t.victim')}"
         ).fetchall()
         return {a for (a,) in rows}
 
@@ -364,7 +401,7 @@ class Store:
         the latest definition's rows for each (arm, seed, model, probe, variant)."""
         cur = self.db.execute(
             "SELECT arm, seed, model_hash, probe_id, variant, probe_hash, question, prefix, scores "
-            "FROM probes ORDER BY rowid"
+            f"FROM probes t WHERE {LLM} ORDER BY rowid"
         )
         latest: dict[tuple, dict[str, Any]] = {}
         for a, s, h, p, v, ph, q, pre, sc in cur.fetchall():
