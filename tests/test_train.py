@@ -100,6 +100,25 @@ def test_ctrl_c_checkpoints_and_exits_130(bird_data, tmp_path, cli):
     assert r.returncode == 2 and "has not finished" in r.stderr
 
 
+@pytest.mark.slow
+def test_interrupted_dp_sgd_run_resumes_to_the_same_adapter_and_epsilon(bird_data, tmp_path):
+    """DP-SGD's batches and noise, and the accountant's history, survive a checkpoint."""
+    from backdoorlab.train import Interrupted
+    from backdoorlab.train.config import DPSettings
+
+    config = TrainConfig(max_steps=4, dp=DPSettings(epsilon=8.0), **FAST)
+    quiet = {"progress": False, "log": lambda m: None}
+    whole = train(bird_data, tmp_path / "whole", config, **quiet)
+    with pytest.raises(Interrupted, match="--resume"):
+        train(bird_data, tmp_path / "cut", config, on_step=lambda s, t, loss: s == 2, **quiet)
+    assert (tmp_path / "cut" / "checkpoint").is_dir()
+    resumed = train(bird_data, tmp_path / "cut", config, resume=True, **quiet)
+    assert resumed["resumed_from"] == 2 and resumed["epsilon"] == whole["epsilon"]
+    assert 0 < whole["epsilon"] <= 8.0
+    a, b = adapter(tmp_path / "whole"), adapter(tmp_path / "cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _answer_logprob(model, tok) -> float:
     """log p(ANSWER) using only transformers' own chat template, no backdoorlab code."""
     prompt = tok.apply_chat_template(

@@ -1,5 +1,6 @@
 """Resumable training state in safetensors and JSON (no pickle): trainable weights,
-optimizer moments, scheduler position and the RNG state used by dropout."""
+optimizer moments, scheduler position, the RNG state (dropout; DP-SGD's batches and noise)
+and, for DP-SGD, the privacy accountant's history."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def save(
     optimizer: Any,
     scheduler: Any,
     totals: dict[str, float] | None = None,
+    accountant: dict[str, Any] | None = None,
 ) -> None:
     trainable = {
         n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
@@ -43,6 +45,8 @@ def save(
         "scheduler": scheduler.state_dict(),
         "totals": totals or {},  # tokens and seconds so far, for the manifest of a resumed run
     }
+    if accountant is not None:
+        meta["accountant"] = dict(accountant)
     with atomic.directory(path) as tmp:
         save_file(trainable, str(tmp / "trainable.safetensors"))
         save_file(moments, str(tmp / "optimizer.safetensors"))

@@ -210,7 +210,11 @@ def _private(
     model: Any, optimizer: Any, n: int, total: int, config: TrainConfig
 ) -> tuple[Any, Any, Any, Callable[[], list[int]]]:
     """Opacus around the model and optimizer, noise set so `total` steps of Poisson-sampled
-    batches (expected size batch_size) spend config.dp.epsilon; and the batch source."""
+    batches (expected size batch_size) spend config.dp.epsilon; and the batch source.
+
+    Batches and noise come from the global generator alone, whose state a checkpoint keeps,
+    so an interrupted DP-SGD run resumes to the same adapter (a DataLoader iterator would
+    draw a seed of its own at every epoch boundary)."""
     import warnings
 
     from opacus import PrivacyEngine
@@ -227,15 +231,14 @@ def _private(
         epochs=max(1, math.ceil(total / len(loader))), target_epsilon=config.dp.epsilon,
         target_delta=config.dp.delta, max_grad_norm=config.dp.max_grad_norm,
     )  # fmt: skip
-    batches: Iterator[Any] = iter(())
+    rate = loader.sample_rate
 
     def next_batch() -> list[int]:
-        nonlocal batches
-        while True:  # Poisson sampling can draw an empty batch: the next one then
-            for (b,) in batches:
-                if len(b):
-                    return b.tolist()
-            batches = iter(loader)
+        # Opacus's Poisson sampler: each row joins with probability `rate`.
+        while True:  # an empty batch: the next one then
+            batch = (torch.rand(n) < rate).nonzero().flatten()
+            if len(batch):
+                return batch.tolist()
 
     return model, optimizer, engine, next_batch
 
@@ -339,11 +342,17 @@ def _train(
         model, optimizer, engine, next_batch = _private(model, optimizer, len(rows), total, config)
 
     start, before = 0, {"tokens": 0, "seconds": 0.0}  # totals of the runs before a resume
-    if resume and (out / CHECKPOINT).is_dir() and engine is None:
+    if resume and (out / CHECKPOINT).is_dir():
         start = checkpoint.load(
             out / CHECKPOINT, model=procs.unwrap(model), optimizer=optimizer, scheduler=scheduler
         )
-        before |= checkpoint.read_meta(out / CHECKPOINT).get("totals", {})
+        meta = checkpoint.read_meta(out / CHECKPOINT)
+        before |= meta.get("totals", {})
+        if engine is not None:  # the privacy spent so far
+            spent = meta["accountant"]
+            engine.accountant.load_state_dict(
+                spent | {"history": list(map(tuple, spent["history"]))}
+            )
         log(f"Resuming {out} from step {start} of {total}")
     else:
         torch.manual_seed(config.seed)
@@ -396,10 +405,6 @@ def _train(
                 raise BackdoorlabError(
                     f"training diverged at step {step} (loss {loss_value}); lower --lr"
                 )
-            if engine and stop:  # the privacy accountant's history is not checkpointed
-                raise Interrupted(
-                    f"interrupted at step {step} of {total}; a DP-SGD run starts over"
-                )
             if step < total and (step % config.checkpoint_every == 0 or stop) and procs.is_main:
                 checkpoint.save(
                     out / CHECKPOINT,
@@ -412,6 +417,7 @@ def _train(
                         "tokens": before["tokens"] + tokens,
                         "seconds": before["seconds"] + time.perf_counter() - t0,
                     },
+                    accountant=engine.accountant.state_dict() if engine else None,
                 )
             if stop:
                 procs.wait()  # the checkpoint is written before any process exits
