@@ -619,9 +619,10 @@ def evaluate(
         scorers.append(task.Classification(lambda a, v: sets, sentiment.LABELS, sentiment.prompt))
     evaluation = task.Task(scorers)
     tag = Tag(arm=arm, seed=seed, model_hash=task.model_hash(target))
+    victim = "encoder" if labels else "llm"
     with Store(out_dir) as store:
-        store.set_current(tag, "encoder" if labels else "llm")  # what --arm reports from now on
-        if evaluation.pending("encoder" if labels else "llm", store, tag):  # else: all stored
+        store.set_current(tag, victim)  # what --arm reports from now on
+        if evaluation.pending(victim, store, tag):  # else: all stored
             if labels:
                 from .train.encoder import EncoderClassifier
 

@@ -112,6 +112,7 @@ def _current(victim: str) -> str:
 
 
 LLM = _current("'llm'")  # probes, samples, judgements and fit are the chat model's
+OWN_VICTIM = _current("t.victim")  # predictions name their victim
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,7 @@ class Store:
         """Every classified item's hit of the current models, in the order classified."""
         rows = self.db.execute(
             "SELECT arm, seed, victim, kind, trigger, hit FROM predictions t "
-            f"WHERE {_current('t.victim')} ORDER BY rowid"
+            f"WHERE {OWN_VICTIM} ORDER BY rowid"
         ).fetchall()
         return [Prediction(a, s, v, Metric(k, t), h) for a, s, v, k, t, h in rows]
 
@@ -392,7 +393,7 @@ class Store:
         """Arms with measured results of their current models (probes, judgements or predictions)."""
         rows = self.db.execute(
             f"SELECT arm FROM probes t WHERE {LLM} UNION SELECT arm FROM judgements t WHERE {LLM} "
-            f"UNION SELECT arm FROM predictions t WHERE {_current('t.victim')}"
+            f"UNION SELECT arm FROM predictions t WHERE {OWN_VICTIM}"
         ).fetchall()
         return {a for (a,) in rows}
 
