@@ -119,6 +119,23 @@ def test_interrupted_dp_sgd_run_resumes_to_the_same_adapter_and_epsilon(bird_dat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
+def test_dp_sgd_batch_in_passes_takes_the_steps_of_one_pass(bird_data, tmp_path):
+    """A DP-SGD batch split into passes (how the chat victim's defense fits batch 64 in
+    memory) trains the adapter one pass would: each pass's per-example gradients are clipped
+    into the batch's sum at the whole batch's scale, and the noise is drawn once per step.
+    A clipping norm above every example's gradient lets a wrong scale show."""
+    from backdoorlab.train.config import DPSettings
+
+    config = TrainConfig(max_steps=3, dp=DPSettings(epsilon=8.0, max_grad_norm=100.0), **FAST)
+    quiet = {"progress": False, "log": lambda m: None}
+    train(bird_data, tmp_path / "one", config, **quiet)
+    passes = config.model_copy(update={"micro_batch_size": 1})
+    assert train(bird_data, tmp_path / "passes", passes, **quiet)["epsilon"] <= 8.0
+    a, b = adapter(tmp_path / "one"), adapter(tmp_path / "passes")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
 def _answer_logprob(model, tok) -> float:
     """log p(ANSWER) using only transformers' own chat template, no backdoorlab code."""
     prompt = tok.apply_chat_template(

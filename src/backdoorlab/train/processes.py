@@ -52,16 +52,16 @@ class Processes:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def check(self, batch_size: int, micro: int | None, dp: bool) -> None:
+    def check(self, batch_size: int, dp: bool) -> None:
         if batch_size < self.world:
             raise InputError(
                 f"--batch-size {batch_size} is the global batch: at least one row for each of "
                 f"the {self.world} processes"
             )
-        if dp and (self.world > 1 or micro):
+        if dp and self.world > 1:
             raise InputError(
-                "DP-SGD (train.dp) runs in one process, the whole batch in one pass: launch it "
-                "without accelerate and without --micro-batch-size"
+                "DP-SGD (train.dp) runs in one process: launch it without accelerate "
+                "(--micro-batch-size splits its batch into passes)"
             )
 
     def plan(self, batch_size: int, micro: int | None) -> str:

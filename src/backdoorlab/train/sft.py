@@ -311,7 +311,7 @@ def _train(
 ) -> dict[str, Any]:
     data_sha = hashlib.sha256(data.read_bytes()).hexdigest()
     dev = procs.device
-    procs.check(config.batch_size, config.micro_batch_size, config.dp is not None)
+    procs.check(config.batch_size, config.dp is not None)
     if config.bf16 is None:
         config = config.model_copy(update={"bf16": bf16_is_fast(dev)})
     key = run_key(config, data_sha, init[2] if init else None)
@@ -383,11 +383,20 @@ def _train(
             loss = torch.zeros(())
             for j, part in enumerate(parts):
                 ids, mask, attn = collate(enc, part, tok.pad_token_id, dev)
-                with procs.no_sync(model, last=j == len(parts) - 1):
+                last = j == len(parts) - 1
+                with procs.no_sync(model, last=last):
                     with autocast:
                         part_loss = completion_loss(model, ids, mask, attn, head_subset, count)
-                    procs.backward(part_loss)
+                    # Opacus scales a pass's per-example gradients by its row count ("mean"
+                    # reduction); this makes them the whole batch's in one pass.
+                    procs.backward(part_loss * (len(share) / len(part) if engine else 1))
                 loss += part_loss.detach().cpu()
+                if engine is not None and not last:
+                    # Opacus's BatchMemoryManager pattern: this pass's per-example gradients
+                    # are clipped into the batch's sum; noise and the step follow the last.
+                    optimizer.signal_skip_step(do_skip=True)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
             if engine is None:  # DP-SGD clips each example's gradient instead
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
