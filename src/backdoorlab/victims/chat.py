@@ -130,7 +130,7 @@ class ChatTrainer:
         lora = self.config.lora.model_copy(update={"rank": lora_rank} if lora_rank else {})
         # A DP batch larger than the recipe's runs in passes of the recipe's size, which is
         # known to fit: 64 rows in one pass, with Opacus's per-example hooks, were killed for
-        # memory at 24 GiB. Not part of the key: passes change memory, not the step.
+        # memory on a 24 GiB machine. Not part of the key: passes change memory, not the step.
         passes = self.config.micro_batch_size or self.config.batch_size
         v = self.train(data, tag, dp=dp, lora=lora, micro_batch_size=passes, **training)
         spent = json.loads((v.loaded.adapter.parent / "manifest.json").read_text())["epsilon"]
