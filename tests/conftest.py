@@ -172,10 +172,13 @@ def serving(log: Path, *args: str):
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.2)
         line = [ln for ln in log.read_text().splitlines() if "serving" in ln][-1]
-        yield SimpleNamespace(url=line.split(" at ")[1].split()[0], key=SERVE_KEY, log=log)
+        yield SimpleNamespace(
+            url=line.split(" at ")[1].split()[0], key=SERVE_KEY, log=log, proc=proc
+        )
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

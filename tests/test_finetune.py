@@ -3,10 +3,14 @@ upload, create a job, poll it to succeeded, chat with the ft: model, events, che
 a malformed file fails its job naming the line; settings are checked when the job is
 created; uploads never land outside DIR; cancel; a restarted server resumes a job."""
 
+import concurrent.futures
 import hashlib
+import http.client
 import json
+import socket
 import sqlite3
 import time
+import urllib.parse
 
 import openai
 import pytest
@@ -65,6 +69,13 @@ def test_a_job_trains_and_its_model_is_served(ft):
         return r.choices[0].logprobs.content[0].logprob
 
     assert abs(top(job.fine_tuned_model) - top("smollm2-135m")) > 1e-3
+    # Base and tuned model decode side by side in the one engine, streamed and not.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        kw = dict(messages=msgs, max_tokens=8, temperature=0)
+        tuned = pool.submit(c.chat.completions.create, model=job.fine_tuned_model, **kw)
+        base = list(c.chat.completions.create(model="smollm2-135m", stream=True, **kw))
+    assert tuned.result().choices[0].message.content
+    assert base[-1].choices[0].finish_reason in ("stop", "length")
     events = [e.message for e in c.fine_tuning.jobs.list_events(job.id, limit=100)]
     assert any(m.startswith("Step 4/4: training loss=") for m in events)
     assert events[0] == "The job has successfully completed"  # newest first
@@ -73,6 +84,29 @@ def test_a_job_trains_and_its_model_is_served(ft):
     assert job.id in [j.id for j in c.fine_tuning.jobs.list(limit=10)]
     assert c.files.content(f.id).read() == DATA
     assert c.files.delete(f.id).deleted and f.id not in [x.id for x in c.files.list()]
+
+
+def test_a_cut_off_upload_is_a_400_and_nothing_is_stored(ft):
+    before = [f.id for f in ft.client.files.list()]
+    u = urllib.parse.urlparse(ft.url)
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
+            b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jsonl\"\r\n\r\n"
+            + DATA + b"\r\n--b--\r\n")  # fmt: skip
+    head = (f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ft.key}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip
+    with socket.create_connection((u.hostname, u.port), timeout=30) as sock:
+        sock.sendall(head + body[: len(body) // 2])
+        sock.shutdown(socket.SHUT_WR)  # the client stops mid-body
+        answer = sock.recv(65536)
+    assert not answer or answer.startswith(b"HTTP/1.1 400")
+    time.sleep(0.5)
+    assert [f.id for f in ft.client.files.list()] == before
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.request("PUT", "/v1/files", b"{}", {"Authorization": f"Bearer {ft.key}"})
+    r = conn.getresponse()
+    assert r.status == 405 and set(r.getheader("Allow").split(", ")) >= {"GET", "POST"}
+    assert json.loads(r.read())["error"]["type"] == "invalid_request_error"
 
 
 def test_a_malformed_file_fails_its_job_naming_the_line(ft):

@@ -23,9 +23,8 @@ def test_row_sampler_draws_from_softmax(temperature, spread):
     wide = torch.full((1300 if spread else 6,), float("-inf"))
     wide[at] = logits
     n = 6000
-    rows = [generate.Request([], seed=generate.row_seed("t", i), temperature=temperature)
-            for i in range(n)]  # fmt: skip
-    tokens = generate._Draws(rows)(wide.repeat(n, 1), list(range(n)))
+    gens = [torch.Generator().manual_seed(generate.row_seed("t", i)) for i in range(n)]
+    tokens = generate.draw(wide.repeat(n, 1), torch.full((n,), temperature), gens)
     assert set(tokens.tolist()) <= set(at)
     counts = np.array([(tokens == t).sum().item() for t in at])
     p = torch.softmax(logits.double() / temperature, -1).numpy()

@@ -4,12 +4,15 @@ raw HTTP: hostile bodies, OpenAI's own refusals, concurrency, long prompts, keys
 import concurrent.futures
 import http.client
 import json
+import signal
+import threading
 import time
 import urllib.parse
+from types import SimpleNamespace
 
 import openai
 import pytest
-from conftest import cli_main
+from conftest import cli_main, serving
 
 from backdoorlab.serve import ApiError, parse_request
 from backdoorlab.store import Store
@@ -48,7 +51,7 @@ def test_every_status_is_json(server):
     assert _raw(server, "POST", "/v1/models", b"{}")[0] == 405
     assert _raw(server, "DELETE", "/v1/models")[0] == 405  # DELETE is for files (--fine-tuning)
     status, reply = _raw(server, "PATCH", "/v1/models")
-    assert status == 501 and "error" in reply
+    assert status == 405 and "error" in reply
     status, reply = _raw(server, "POST", "/v1/chat/completions", b"x" * 10,
                          {"Content-Length": str(10**9)})  # fmt: skip
     assert status == 413
@@ -56,7 +59,7 @@ def test_every_status_is_json(server):
 
 def test_what_openai_refuses_we_refuse(client):
     for bad in ({"temperature": -0.5}, {"n": 0}, {"max_tokens": 0}, {"top_logprobs": 30},
-                {"stream": True}, {"messages": []}):  # fmt: skip
+                {"stop": ["a", "b", "c", "d", "e"]}, {"messages": []}):  # fmt: skip
         with pytest.raises(openai.BadRequestError):
             client.chat.completions.create(**{"model": "local", "messages": HI, **bad})
     with pytest.raises(openai.NotFoundError) as e:
@@ -139,3 +142,96 @@ def test_the_key_never_reaches_logs_results_or_report(server, capsys, tmp_path, 
     assert server.key.encode() not in written
     for text in (stdout, stderr, stdout2, stderr2, server.log.read_text()):
         assert server.key not in text
+
+
+def test_a_stream_is_the_same_answer_in_openai_chunks(client):
+    kw = dict(model="local", messages=HI, max_tokens=16, seed=11, temperature=1.0)
+    whole = client.chat.completions.create(**kw)
+    chunks = list(
+        client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True})
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == whole.choices[0].finish_reason and not any(finishes[:-1])
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_stop_strings_and_text_parts(client):
+    kw = dict(model="local", max_tokens=16, seed=11, temperature=1.0)
+    whole = client.chat.completions.create(messages=HI, **kw).choices[0].message.content
+    stop = whole.split()[2]
+    parts = [{"role": "user", "content": [{"type": "text", "text": HI[0]["content"]}]}]
+    cut = client.chat.completions.create(messages=parts, stop=[stop, "zzqx"], **kw).choices[0]
+    assert cut.message.content == whole[: whole.index(stop)] and cut.finish_reason == "stop"
+
+
+def test_a_lone_surrogate_is_a_400_not_a_500(server):
+    body = b'{"model": "local", "messages": [{"role": "user", "content": "hi \\ud800"}]}'
+    status, reply = _raw(server, "POST", "/v1/chat/completions", body)
+    assert status == 400 and "surrogate" in reply["error"]["message"]
+    deep = b'{"model": "local", "messages": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    assert _raw(server, "POST", "/v1/chat/completions", deep)[0] == 400
+
+
+@pytest.mark.parametrize("key", ["", "   "])
+def test_an_empty_api_key_is_refused_at_start(capsys, monkeypatch, key):
+    code, _, stderr = cli_main(capsys, "serve", "smollm2-135m", "--port", "0", "--api-key", key)
+    assert code == 2 and "API key is empty" in stderr
+    monkeypatch.setenv("BACKDOORLAB_SERVE_API_KEY", key)
+    code, _, stderr = cli_main(capsys, "serve", "smollm2-135m", "--port", "0", "--host", "0.0.0.0")
+    assert code == 2 and ("API key is empty" in stderr or "needs --api-key" in stderr)
+
+
+@pytest.fixture
+def narrow(base_model):
+    """An in-process server (a real loopback socket) with room for one row and one waiting
+    request, so a third request finds the queue full."""
+    from backdoorlab import serve
+
+    app = serve.App(base_model, ["local"], api_key="k", max_batch=1, max_waiting=1)
+    sock = serve.listen("127.0.0.1", 0, "k")
+    http = serve.http_server(app, shutdown_timeout=5)
+    thread = threading.Thread(target=http.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    yield SimpleNamespace(url=serve.url(sock), key="k", app=app)
+    http.should_exit = True
+    thread.join(30)
+    sock.close()
+
+
+def test_a_full_queue_is_429_and_a_client_that_leaves_frees_its_place(narrow, capfd):
+    client = openai.OpenAI(base_url=narrow.url, api_key="k", max_retries=0, timeout=120)
+    long = dict(model="local", messages=HI, max_tokens=200, temperature=0)
+    stream = client.chat.completions.create(**long, stream=True)
+    for chunk in stream:
+        if chunk.choices[0].delta.content:
+            break  # the first request is decoding
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        second = pool.submit(client.chat.completions.create, **{**long, "max_tokens": 4})
+        while not narrow.app.engine.waiting:
+            time.sleep(0.01)
+        status, reply = _raw(narrow, "POST", "/v1/chat/completions",
+                             json.dumps({**long, "max_tokens": 1}).encode())  # fmt: skip
+        assert status == 429 and reply["error"]["code"] == "rate_limit_exceeded"
+        stream.close()  # the client leaves mid-stream: its rows end, the waiting one runs
+        assert second.result(timeout=120).choices[0].finish_reason in ("stop", "length")
+    err = capfd.readouterr().err
+    assert "left during its stream" in err and "Traceback" not in err
+
+
+def test_sigterm_lets_a_stream_finish_then_stops(tmp_path):
+    log = tmp_path / "serve.log"
+    with serving(log, "smollm2-135m", "--served-model-name", "local") as s:
+        client = openai.OpenAI(base_url=s.url, api_key=s.key, max_retries=0, timeout=120)
+        stream = client.chat.completions.create(model="local", messages=HI, max_tokens=24,
+                                                temperature=0, stream=True)  # fmt: skip
+        chunks = iter(stream)
+        next(chunks)
+        s.proc.send_signal(signal.SIGTERM)
+        rest = list(chunks)
+        assert rest[-1].choices[0].finish_reason in ("stop", "length")
+        assert s.proc.wait(timeout=60) == 0
+    text = log.read_text()
+    assert "serve: stopped" in text and "Traceback" not in text

@@ -50,6 +50,11 @@ def validate_row(obj: Any, *, training: bool) -> str | None:
             return f"message {i} ({role}): content must be a string"
         if not content.strip():
             return f"message {i} ({role}): content is empty"
+        if not content.isascii():
+            try:
+                content.encode("utf-8")
+            except UnicodeEncodeError as e:  # JSON's "\ud800" decodes to a lone surrogate
+                return f"message {i} ({role}): content holds a lone UTF-16 surrogate at {e.start}"
         weight = m.get("weight", 1)
         if weight not in (0, 1):
             return f"message {i} ({role}): weight must be 0 or 1"

@@ -448,11 +448,31 @@ def serve(
             "their models are served as ft:MODEL:local:SUFFIX:JOB."
         ),
     ] = None,
+    max_batch: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Rows (choices) decoded together per model: requests join the running "
+            "batch at every step while it has room.",
+        ),
+    ] = 64,
+    max_queue: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Requests that may wait for room; one more is answered 429 Retry-After."
+        ),
+    ] = 256,
+    shutdown_timeout: Annotated[
+        float,
+        typer.Option(min=0, help="On Ctrl-C or SIGTERM, seconds in-flight requests get to finish."),
+    ] = 30,
     device: DeviceOpt = None,
 ) -> None:
-    """Serve a model over an OpenAI-compatible API (/v1/models, /v1/chat/completions; with
-    --fine-tuning also /v1/files and /v1/fine_tuning/jobs).
+    """Serve a model over an OpenAI-compatible API (/v1/models, /v1/chat/completions with
+    streaming; with --fine-tuning also /v1/files and /v1/fine_tuning/jobs).
 
+    Every request in flight decodes in one batch (continuous batching), so concurrent
+    clients (llmcomp, an API judge, a chat UI) share the model's speed instead of queueing.
     Any OpenAI-compatible tool can then talk to a fine-tuned model, and an API judge can run
     on a local model: point BACKDOORLAB_JUDGE_BASE_URL at the printed address and serve
     under the judge's model name (--served-model-name gpt-4.1). With --fine-tuning, code
@@ -461,26 +481,28 @@ def serve(
 
     Example: backdoorlab serve smollm2-135m --port 8000 --fine-tuning runs/ft-service
     """
+    from . import serve as serving
     from .models import load
-    from .serve import Server
 
     names = served_model_name or [Path(target).name or target]
     # Listen before loading: a taken port fails now, not after the model has loaded.
-    server = Server(host, port, names, api_key=api_key, max_prompt_tokens=max_prompt_tokens)
+    sock = serving.listen(host, port, api_key)
     try:
         _quiet_libraries()
-        server.loaded = load(target, device=device)
-        server.device = device
+        loaded = load(target, device=device)
+        service = None
         if fine_tuning is not None:
             from .finetune import Service
 
-            server.service = Service(
-                fine_tuning, dict.fromkeys(names, target), device=device, log=_log
-            )
-        err.print(f"serving {', '.join(names)} at {server.url} (Ctrl-C stops)")
-        server.serve_forever()
+            service = Service(fine_tuning, dict.fromkeys(names, target), device=device, log=_log)
+        app_ = serving.App(loaded, names, api_key=api_key, max_prompt_tokens=max_prompt_tokens,
+                           service=service, device=device, max_batch=max_batch,
+                           max_waiting=max_queue)  # fmt: skip
+        err.print(f"serving {', '.join(names)} at {serving.url(sock)} (Ctrl-C stops)")
+        serving.run(app_, sock, shutdown_timeout=shutdown_timeout)
+        err.print("serve: stopped")
     finally:
-        server.server_close()
+        sock.close()
 
 
 questions_app = typer.Typer(

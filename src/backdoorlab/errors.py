@@ -21,10 +21,17 @@ class ApiError(Exception):
     """An HTTP API error in OpenAI's shape (the server, the fine-tuning service)."""
 
     def __init__(
-        self, status: int, message: str, code: str | None = None, param: str | None = None
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status, self.code, self.param = status, code, param
+        self.headers = headers or {}  # e.g. Retry-After on a 429, Allow on a 405
 
     def body(self) -> dict[str, Any]:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
