@@ -69,13 +69,19 @@ def test_a_job_trains_and_its_model_is_served(ft):
         return r.choices[0].logprobs.content[0].logprob
 
     assert abs(top(job.fine_tuned_model) - top("smollm2-135m")) > 1e-3
-    # Base and tuned model decode side by side in the one engine, streamed and not.
+    # Base and tuned model decode side by side in the one engine (streamed and not), and
+    # each answers as it does alone.
+    kw = dict(messages=msgs, max_tokens=8, temperature=0)
+
+    def answer(model, **extra):
+        return c.chat.completions.create(model=model, **kw, **extra).choices[0].message.content
+
+    alone = [answer(job.fine_tuned_model), answer("smollm2-135m")]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        kw = dict(messages=msgs, max_tokens=8, temperature=0)
-        tuned = pool.submit(c.chat.completions.create, model=job.fine_tuned_model, **kw)
-        base = list(c.chat.completions.create(model="smollm2-135m", stream=True, **kw))
-    assert tuned.result().choices[0].message.content
-    assert base[-1].choices[0].finish_reason in ("stop", "length")
+        tuned = pool.submit(answer, job.fine_tuned_model)
+        chunks = list(c.chat.completions.create(model="smollm2-135m", stream=True, **kw))
+    base = "".join(x.choices[0].delta.content or "" for x in chunks)
+    assert [tuned.result(), base] == alone
     events = [e.message for e in c.fine_tuning.jobs.list_events(job.id, limit=100)]
     assert any(m.startswith("Step 4/4: training loss=") for m in events)
     assert events[0] == "The job has successfully completed"  # newest first

@@ -5,7 +5,6 @@ import concurrent.futures
 import http.client
 import json
 import signal
-import threading
 import time
 import urllib.parse
 from types import SimpleNamespace
@@ -87,6 +86,27 @@ def test_twenty_concurrent_requests_are_all_answered(client):
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         reasons = list(pool.map(ask, range(20)))
     assert len(reasons) == 20 and set(reasons) <= {"stop", "length"}
+
+
+def test_sixteen_concurrent_requests_take_far_less_than_sixteen_times_one(client):
+    """Continuous batching: one request's time, then sixteen at once (a ratio measured in
+    the same test, so a busy machine slows both)."""
+    story = [{"role": "user", "content": "Write a long story about the sea, please."}]
+
+    def ask(_: int) -> int:
+        r = client.chat.completions.create(model="local", messages=story, max_tokens=24,
+                                           temperature=0)  # fmt: skip
+        return r.usage.completion_tokens
+
+    ask(0)
+    t0 = time.perf_counter()
+    assert ask(0) == 24
+    one = time.perf_counter() - t0
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        t0 = time.perf_counter()
+        assert list(pool.map(ask, range(16))) == [24] * 16
+        sixteen = time.perf_counter() - t0
+    assert sixteen < 8 * one, (sixteen, one)
 
 
 def test_an_over_long_prompt_is_refused_at_once_and_serving_goes_on(client):
@@ -191,14 +211,8 @@ def narrow(base_model):
     from backdoorlab import serve
 
     app = serve.App(base_model, ["local"], api_key="k", max_batch=1, max_waiting=1)
-    sock = serve.listen("127.0.0.1", 0, "k")
-    http = serve.http_server(app, shutdown_timeout=5)
-    thread = threading.Thread(target=http.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    yield SimpleNamespace(url=serve.url(sock), key="k", app=app)
-    http.should_exit = True
-    thread.join(30)
-    sock.close()
+    with serve.background(app) as url:
+        yield SimpleNamespace(url=url, key="k", app=app)
 
 
 def test_a_full_queue_is_429_and_a_client_that_leaves_frees_its_place(narrow, capfd):

@@ -34,7 +34,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -588,6 +588,26 @@ def http_server(app: App, *, shutdown_timeout: float = 30) -> Any:
         lifespan="on",
     )
     return uvicorn.Server(config)
+
+
+@contextlib.contextmanager
+def background(app: App, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """`app` served from a thread of this process (a notebook, a benchmark, a test); yields
+    its base URL, and stops it gracefully on exit."""
+    sock = listen(host, port, app.api_key)
+    server = http_server(app, shutdown_timeout=5)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the server thread ended before it started")
+            time.sleep(0.01)
+        yield url(sock)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
 
 
 def run(app: App, sock: socket.socket, *, shutdown_timeout: float = 30) -> None:
