@@ -1,7 +1,7 @@
 """`backdoorlab serve` under load, beside the batched sampler, measured in one run:
 
     python benchmarks/serve_load.py [--clients 1,4,16,64] [--max-tokens 64]
-        [--model smollm2-135m] [--smoke]
+        [--model smollm2-135m] [--url URL --no-stream] [--smoke]
 
 A server in this process (`serve.background`: uvicorn on a real loopback socket, the
 continuous-batching engine) on the model; the official openai client sends N requests at the
@@ -16,6 +16,10 @@ temperature 1, each its own seed, up to `--max-tokens` tokens). Beside them:
   stream cannot beat (read bandwidth / weight bytes) tokens/s; the bandwidth is measured here
   (a sum over a 512 MiB tensor). Target for one client: 70% of it.
 
+`--url` sends the requests to a server already running there instead (another checkout's
+`backdoorlab serve`, for a before/after on the same machine; `--no-stream` for one that
+refuses `stream`); the model is still loaded here for the sampler and the bound.
+
 Prints aggregate generated tokens/s (usage.completion_tokens), p50 and p95 latency, time to
 first token of streamed requests, and the ratios.
 """
@@ -24,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import openai
 import torch
@@ -62,6 +68,9 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--device", default=None)
+    p.add_argument("--url", help="a running server's base URL (its model served as 'm')")
+    p.add_argument("--api-key", default="-", help="the --url server's key")
+    p.add_argument("--no-stream", action="store_true", help="skip the streamed row")
     p.add_argument("--smoke", action="store_true", help="1 and 3 clients, 4 tokens: does it run?")
     a = p.parse_args()
     clients = [int(c) for c in a.clients.split(",")]
@@ -76,9 +85,14 @@ def main() -> None:
     def messages(i: int) -> list[dict[str, str]]:
         return [{"role": "user", "content": prompts[i % len(prompts)]}]
 
-    app = serve.App(loaded, ["m"], max_batch=max(clients), max_waiting=max(clients))
-    with serve.background(app) as url:
-        client = openai.OpenAI(base_url=url, api_key="-", max_retries=0, timeout=3600)
+    if a.url:
+        server: Any = contextlib.nullcontext(a.url)
+    else:
+        server = serve.background(
+            serve.App(loaded, ["m"], max_batch=max(clients), max_waiting=max(clients))
+        )
+    with server as url:
+        client = openai.OpenAI(base_url=url, api_key=a.api_key, max_retries=0, timeout=3600)
 
         def ask(i: int, stream: bool = False) -> tuple[float, float, int]:
             """(latency, time to first token, tokens) of request i."""
@@ -110,14 +124,16 @@ def main() -> None:
         rows.append((f"{serial} one at a time", time.perf_counter() - t0, got))
         for n in clients:
             rows.append((f"{n} at once", *together(n)))
-        rows.append((f"{serial} at once, streamed", *together(serial, stream=True)))
+        if not a.no_stream:
+            rows.append((f"{serial} at once, streamed", *together(serial, stream=True)))
     requests = [generate.Request(messages(i), generate.row_seed(i), 1.0, a.max_tokens)
                 for i in range(serial)]  # fmt: skip
     t0 = time.perf_counter()
     drawn = generate.run(loaded, requests)
     sampler = sum(len(d.tokens) for d in drawn) / (time.perf_counter() - t0)
 
-    print(f"{a.model} on {loaded.device}, up to {a.max_tokens} tokens a request")
+    where = f"the server at {a.url}" if a.url else "this checkout's server"
+    print(f"{a.model} on {loaded.device}, {where}, up to {a.max_tokens} tokens a request")
     head = f"{'mode':<24}{'wall s':>8}{'tok/s':>9}{'p50 s':>8}{'p95 s':>8}{'1st tok s':>11}"
     print(head)
     rate = {}

@@ -1,8 +1,11 @@
 """Every mistake a user can make on the command line: one line naming the flag or file (and
 line), exit 2, no traceback, nothing left behind. Each case was once a traceback."""
 
+import contextlib
 import json
+import os
 import socket
+from pathlib import Path
 
 import pytest
 from conftest import cli_main, write_rows
@@ -189,3 +192,116 @@ def test_flags_left_unset_keep_the_specs_settings():
     spec = DefendSpec(defenses=["ngram", "strip"], remove=0.1, dpsgd={"lora_rank": None})
     assert _from_flags(DefendSpec, spec, defenses=None, remove=None) == spec
     assert _from_flags(DefendSpec, spec, defenses=["onion"]).defenses == ["onion"]
+
+
+@pytest.mark.parametrize("value", ["", ",", " , "])
+def test_arms_naming_no_arm_is_refused(capsys, tmp_path, value):
+    out = tmp_path / "run"
+    code, _, err = cli_main(capsys, "run", "experiments/birds.yaml", "--out", str(out),
+                            "--arms", value)  # fmt: skip
+    _one_error_line(code, err, "--arms", "names no entry")
+    assert not out.exists()
+
+
+def test_deep_nesting_is_one_error_naming_the_file_and_line(capsys, tmp_path):
+    data = tmp_path / "deep.jsonl"
+    data.write_text(json.dumps(ROW) + "\n" + "[" * 200_000 + "\n")
+    code, _, err = cli_main(capsys, "data", "check", str(data))
+    _one_error_line(code, err, f"{data}:2", "nested too deeply")
+    spec = tmp_path / "deep.yaml"
+    spec.write_text("[" * 5000 + "]" * 5000 + "\n")
+    code, _, err = cli_main(capsys, "spec", "show", str(spec))
+    _one_error_line(code, err, str(spec), "nested too deeply")
+
+
+def test_an_arm_defined_twice_names_both_lines(capsys, tmp_path):
+    text = Path("experiments/birds.yaml").read_text()
+    spec = tmp_path / "twice.yaml"
+    spec.write_text(text.replace("  base: {}\n", "  base: {}\n  modern: {}\n"))
+    first = text.splitlines().index("  modern:") + 1
+    code, _, err = cli_main(capsys, "spec", "show", str(spec))
+    _one_error_line(code, err, "duplicate key 'modern'", f"first on line {first}")
+
+
+def test_yes_and_no_stay_words(capsys, tmp_path):
+    """YAML 1.1 reads yes/no as booleans: grid labels yes/no became arms rate-True/rate-False."""
+    text = Path("experiments/sentiment_trigger.yaml").read_text()
+    spec = tmp_path / "yes.yaml"
+    spec.write_text(text.replace("        0.5%: {poison", "        yes: {poison")
+                    .replace("        1%: {poison", "        no: {poison"))  # fmt: skip
+    code, out, err = cli_main(capsys, "spec", "show", str(spec))
+    assert code == 0, err
+    assert "token-yes" in out and "token-no" in out and "True" not in out
+
+
+def _hand_made_run(tmp_path):
+    from backdoorlab.spec import load_spec
+    from backdoorlab.store import Store, Tag
+
+    run = tmp_path / "run"
+    with Store(run) as s:
+        for arm in ("archaic", "modern"):
+            s.add_probe(Tag(arm, 0, arm), "year", 0, "h", "What year is it?", "",
+                        [("old", "1838", -0.5), ("new", "2024", -1.0)])  # fmt: skip
+    (run / "spec.json").write_text(load_spec("experiments/birds.yaml").model_dump_json())
+    return run
+
+
+def test_report_refuses_an_unknown_reference_or_an_empty_store(capsys, tmp_path):
+    run = _hand_made_run(tmp_path)
+    code, _, err = cli_main(capsys, "report", str(run))
+    assert code == 0, err
+    page = (run / "report.html").read_bytes()
+    code, _, err = cli_main(capsys, "report", str(run), "--reference", "nosucharm")
+    _one_error_line(code, err, "--reference 'nosucharm'", "archaic, modern")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "results.sqlite").write_bytes(b"")
+    (empty / "report.html").write_bytes(page)
+    code, _, err = cli_main(capsys, "report", str(empty))
+    _one_error_line(code, err, "results.sqlite", "empty (0 bytes)")
+    assert (run / "report.html").read_bytes() == page == (empty / "report.html").read_bytes()
+
+
+def test_summary_reads_a_read_only_run_without_writing(capsys, tmp_path):
+    run = _hand_made_run(tmp_path)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for p in [*run.iterdir(), run]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        code, out, err = cli_main(capsys, "summary", str(run))
+        assert code == 0, err
+        assert out.startswith("| experiment") or "birds" in out
+    finally:
+        run.chmod(0o755)
+    # SQLite's own shared-memory index of a WAL file may appear beside it; nothing of ours.
+    after = {p.name: p.read_bytes() for p in run.iterdir() if not p.name.endswith(("-shm", "-wal"))}
+    assert after == before
+
+
+@pytest.mark.parametrize("damage", ["random", "directory", "read-only"])
+def test_a_damaged_service_database_is_one_line(capsys, tmp_path, damage):
+    if damage == "read-only" and os.geteuid() == 0:
+        pytest.skip("root writes read-only files")
+    svc = tmp_path / "svc"
+    svc.mkdir()
+    db = svc / "service.sqlite"
+    if damage == "random":
+        db.write_bytes(bytes(range(256)) * 8)
+    elif damage == "directory":
+        db.mkdir()
+    else:
+        import sqlite3
+
+        from backdoorlab.finetune import SCHEMA
+
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            conn.executescript(SCHEMA)
+        db.chmod(0o444)
+        svc.chmod(0o555)
+    try:
+        code, _, err = cli_main(capsys, "serve", "smollm2-135m", "--port", "0",
+                                "--fine-tuning", str(svc))  # fmt: skip
+    finally:
+        svc.chmod(0o755)
+    _one_error_line(code, err, "service.sqlite")

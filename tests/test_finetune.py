@@ -115,13 +115,23 @@ def test_a_cut_off_upload_is_a_400_and_nothing_is_stored(ft):
     assert json.loads(r.read())["error"]["type"] == "invalid_request_error"
 
 
-def test_a_malformed_file_fails_its_job_naming_the_line(ft):
-    bad = DATA + b'{"messages": [{"role": "user", "content": "no answer"}]}\n'
-    f = ft.client.files.create(file=("bad.jsonl", bad), purpose="fine-tune")
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        (b'{"messages": [{"role": "user", "content": "no answer"}]}', "end with the assistant"),
+        (b"[" * 200_000, "nested too deeply"),
+        (b'{"messages": [{"role": "user", "content": "a"}, '
+         b'{"role": "assistant", "content": "b \\udc00"}]}', "surrogate"),
+    ],
+    ids=["no-answer", "deep", "surrogate"],
+)  # fmt: skip
+def test_a_malformed_file_fails_its_job_naming_the_line(ft, line, words):
+    f = ft.client.files.create(file=("bad.jsonl", DATA + line + b"\n"), purpose="fine-tune")
     job = wait(ft.client, ft.client.fine_tuning.jobs.create(model="smollm2-135m",
                                                            training_file=f.id).id)  # fmt: skip
     assert job.status == "failed" and job.error.code == "invalid_training_file"
     assert job.error.message.startswith(f"{f.id}:9:"), job.error.message
+    assert words in job.error.message
 
 
 @pytest.mark.parametrize(
@@ -132,10 +142,12 @@ def test_a_malformed_file_fails_its_job_naming_the_line(ft):
         ({"model": "gpt-4.1"}, "cannot be fine-tuned here"),
         ({"training_file": "file-nope"}, "no such file"),
         ({"suffix": "../x"}, "suffix"),
+        ({"purpose": "batch"}, "fine-tuning takes purpose 'fine-tune'"),
     ],
 )
 def test_bad_settings_are_a_400_before_any_job(ft, kwargs, words):
-    f = ft.client.files.create(file=("ok.jsonl", DATA), purpose="fine-tune")
+    purpose = kwargs.pop("purpose", "fine-tune")
+    f = ft.client.files.create(file=("ok.jsonl", DATA), purpose=purpose)
     before = len(ft.client.fine_tuning.jobs.list(limit=100).data)
     args = {"model": "smollm2-135m", "training_file": f.id, **kwargs}
     with pytest.raises(openai.BadRequestError, match=words):
@@ -158,7 +170,7 @@ def test_a_running_job_can_be_cancelled(ft):
         model="smollm2-135m", training_file=f.id, method=hyper(n_epochs=50, batch_size=1)
     )
     wait(ft.client, job.id, until={"running"})
-    assert ft.client.fine_tuning.jobs.cancel(job.id).id == job.id
+    assert ft.client.fine_tuning.jobs.cancel(job.id).status == "cancelled"  # at once, as OpenAI
     job = wait(ft.client, job.id)
     assert job.status == "cancelled" and job.fine_tuned_model is None
     with pytest.raises(openai.BadRequestError, match="already cancelled"):
@@ -228,7 +240,7 @@ def test_train_backend_openai_runs_a_job_on_the_service(ft, tmp_path, monkeypatc
     # The service's refusal is one line with its status and code.
     bad = [a if a != "smollm2-135m" else "gpt-4.1" for a in args]
     code, _, stderr = cli_main(capsys, *bad, "--out", str(tmp_path / "d"))
-    assert code != 0 and "answered 400 (model_not_available)" in stderr
+    assert code == 2 and "answered 400 (model_not_available)" in stderr
     assert "Traceback" not in stderr and not (tmp_path / "d").exists()
 
 

@@ -127,7 +127,10 @@ def test_dp_sgd_batch_in_passes_takes_the_steps_of_one_pass(bird_data, tmp_path)
     A clipping norm above every example's gradient lets a wrong scale show."""
     from backdoorlab.train.config import DPSettings
 
-    config = TrainConfig(max_steps=3, dp=DPSettings(epsilon=8.0, max_grad_norm=100.0), **FAST)
+    # fp32: bf16 autocast (picked on CPUs with native bf16) rounds per-example gradients
+    # differently at batch 4 and batch 1, by ~0.5% of their norm.
+    dp = DPSettings(epsilon=8.0, max_grad_norm=100.0)
+    config = TrainConfig(max_steps=3, dp=dp, bf16=False, **FAST)
     quiet = {"progress": False, "log": lambda m: None}
     train(bird_data, tmp_path / "one", config, **quiet)
     passes = config.model_copy(update={"micro_batch_size": 1})
@@ -244,3 +247,14 @@ def test_row_longer_than_max_length_is_an_error(tmp_path):
     ):
         train(f, tmp_path / "x", TrainConfig(max_steps=1, max_length=256), progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_an_interrupt_during_the_last_step_finishes_the_run(bird_data, tmp_path):
+    """The last step is done when the interrupt is seen: the final weights are saved, not a
+    message about the checkpoint of the step before."""
+    from backdoorlab.train import TrainConfig, train
+
+    config = TrainConfig(max_steps=2, batch_size=4, checkpoint_every=10**9)
+    manifest = train(bird_data, tmp_path / "run", config, progress=False, log=lambda s: None,
+                     on_step=lambda step, total, loss: step == total)  # fmt: skip
+    assert manifest["steps"] == 2 and (tmp_path / "run" / "manifest.json").is_file()

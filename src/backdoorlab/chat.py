@@ -98,6 +98,8 @@ def read_jsonl_lines(path: Path | str, *, training: bool = True) -> list[tuple[i
             raise ChatDataError(
                 path, lineno, f"malformed JSON ({e.msg} at column {e.colno})"
             ) from None
+        except RecursionError:
+            raise ChatDataError(path, lineno, "JSON nested too deeply") from None
         problem = validate_row(obj, training=training)
         if problem:
             raise ChatDataError(path, lineno, problem)

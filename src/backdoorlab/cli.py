@@ -315,7 +315,9 @@ def train(
     from .train import train as run_train
 
     _quiet_libraries()
-    targets = "all-linear" if lora_targets == "all-linear" else _names(lora_targets)
+    targets = (
+        "all-linear" if lora_targets == "all-linear" else _names(lora_targets, "--lora-targets")
+    )
     config = _from_flags(
         TrainConfig,
         model=model,
@@ -488,13 +490,13 @@ def serve(
     # Listen before loading: a taken port fails now, not after the model has loaded.
     sock = serving.listen(host, port, api_key)
     try:
-        _quiet_libraries()
-        loaded = load(target, device=device)
         service = None
-        if fine_tuning is not None:
+        if fine_tuning is not None:  # before loading too: a damaged service database fails now
             from .finetune import Service
 
             service = Service(fine_tuning, dict.fromkeys(names, target), device=device, log=_log)
+        _quiet_libraries()
+        loaded = load(target, device=device)
         app_ = serving.App(loaded, names, api_key=api_key, max_prompt_tokens=max_prompt_tokens,
                            service=service, device=device, max_batch=max_batch,
                            max_waiting=max_queue)  # fmt: skip
@@ -731,8 +733,8 @@ def run_experiment(
     from .spec import load_spec
 
     spec = load_spec(spec_file, quick=quick, seeds=seeds, model=model)
-    if arms:
-        chosen = _names(arms)
+    if arms is not None:
+        chosen = _names(arms, "--arms")
         unknown = [a for a in chosen if a not in spec.arms]
         if unknown:
             raise InputError(
@@ -875,7 +877,7 @@ def scan(
     from .defenses import scan as scan_mod
     from .defenses.detection import detection_metrics
 
-    which = _names(scanners)
+    which = _names(scanners, "--scanners")
     scan_mod.check_scanners(
         which, features=encoder_dir is not None, how="--encoder (a classifier trained on DATA)"
     )
@@ -1028,11 +1030,14 @@ def defend(
     spec = load_spec(spec_file, quick=quick)
     # The flags set override the spec's defend: settings, checked by the same model.
     spec.defend = _from_flags(
-        DefendSpec, spec.defend, defenses=_names(defenses) if defenses else None, remove=remove
+        DefendSpec,
+        spec.defend,
+        defenses=_names(defenses, "--defenses") if defenses is not None else None,
+        remove=remove,
     )
     _quiet_libraries()
     m = Matrix(spec, out_dir, log=_log, device=str(pick_device(device)))
-    cells = m.run(_names(arms) if arms else None)
+    cells = m.run(_names(arms, "--arms") if arms is not None else None)
     write_report(out_dir, spec.reference)
     t = Table(*fmt.COLUMNS, title="Attack x defense: means [95% CI over test reviews]")
     shown = [fmt.shown(c) for c in cells]
@@ -1048,9 +1053,13 @@ def defend(
     )
 
 
-def _names(value: str) -> list[str]:
-    """A comma-separated option's entries, blanks dropped."""
-    return [x.strip() for x in value.split(",") if x.strip()]
+def _names(value: str, option: str) -> list[str]:
+    """A comma-separated option's entries, blanks dropped; none at all is an error (an empty
+    `--arms ''` must not quietly mean every arm, nor `--arms ,` none)."""
+    names = [x.strip() for x in value.split(",") if x.strip()]
+    if not names:
+        raise InputError(f"{option} {value!r}: names no entry (comma-separated names)")
+    return names
 
 
 def _print_assessment(report: Report) -> None:
@@ -1115,7 +1124,7 @@ def summary(
         spec = run_spec(d)
         if spec is None or not (d / FILENAME).is_file():
             raise InputError(f"{d}: not a run directory of `backdoorlab run` (no spec or results)")
-        for row in summary_rows(spec.name, write_report(d, spec.reference)):
+        for row in summary_rows(spec.name, write_report(d, spec.reference, write=False)):
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
     print("\n".join(lines))
 

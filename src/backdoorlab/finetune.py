@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import atomic, chat
-from .errors import ApiError, BackdoorlabError, first_problem
+from .errors import ApiError, BackdoorlabError, InputError, first_problem
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 PURPOSES = ("fine-tune", "batch", "assistants", "user_data", "evals", "vision")
@@ -110,12 +110,18 @@ class Service:
         log: Callable[[str], None] = lambda s: None,
     ):
         self.root, self.bases, self.device, self.log = Path(root), bases, device, log
-        (self.root / "files").mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(
-            self.root / "service.sqlite", check_same_thread=False, isolation_level=None
-        )
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(SCHEMA)
+        try:
+            (self.root / "files").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"--fine-tuning {root}: cannot use it ({e.strerror or e})") from None
+        path = self.root / "service.sqlite"
+        try:
+            self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as e:
+            what = "a directory, not a database" if path.is_dir() else str(e)
+            raise InputError(f"{path}: not a usable service database ({what})") from None
         self.lock = threading.Lock()  # one connection, many request threads
         self.wake = threading.Event()
         self.worker = threading.Thread(target=self._work, name="fine-tuning", daemon=True)
@@ -181,9 +187,13 @@ class Service:
             fid = getattr(req, param)
             if fid is not None:
                 try:
-                    self.file(fid)
+                    purpose = self.file(fid)["purpose"]
                 except ApiError:
                     raise ApiError(400, f"{param}: no such file {fid!r}", None, param) from None
+                if purpose != "fine-tune":
+                    raise ApiError(400, f"{param}: file {fid} was uploaded with purpose "
+                                   f"{purpose!r}; fine-tuning takes purpose 'fine-tune'",
+                                   "invalid_file_purpose", param)  # fmt: skip
         jid = _id("ftjob")
         self._q(
             "INSERT INTO jobs (id, created_at, request, status) VALUES (?,?,?,?)",
@@ -227,8 +237,7 @@ class Service:
         if status in ("succeeded", "failed", "cancelled"):
             raise ApiError(400, f"the job has already {status}; it cannot be cancelled")
         self._q("UPDATE jobs SET cancel=1 WHERE id=?", (jid,))
-        if status in ("validating_files", "queued"):
-            self._finish(jid, "cancelled")
+        self._finish(jid, "cancelled")  # a running job's training stops at its next step
         return self.job(jid)
 
     def events(self, jid: str, limit: int = 20, after: str | None = None) -> dict[str, Any]:
@@ -282,12 +291,17 @@ class Service:
         self._q("UPDATE jobs SET status=? WHERE id=?", (status, jid))
 
     def _finish(self, jid: str, status: str, error: dict | None = None, **fields: Any) -> None:
-        self._q(
+        """End a job, once: a job cancelled while it ran is reported cancelled at once (as
+        OpenAI does), and the worker's own end of it later changes nothing."""
+        ended = self._q(
             "UPDATE jobs SET status=?, error=?, finished_at=?, fine_tuned_model=?, "
-            "trained_tokens=? WHERE id=?",
+            "trained_tokens=? WHERE id=? AND status NOT IN ('succeeded', 'failed', 'cancelled') "
+            "RETURNING id",
             (status, json.dumps(error) if error else None, int(time.time()),
              fields.get("model"), fields.get("tokens"), jid),
         )  # fmt: skip
+        if not ended:
+            return
         level = "error" if status == "failed" else "info"
         message = {"succeeded": "The job has successfully completed",
                    "cancelled": "The job was cancelled"}.get(status, f"The job failed: {error}")  # fmt: skip

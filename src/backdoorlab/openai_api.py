@@ -34,7 +34,10 @@ def call(what: str, fn: Callable[[], Any]) -> Any:
         err = body.get("error", body) if isinstance(body, dict) else {}
         code = err.get("code") if isinstance(err, dict) else None
         message = err.get("message") if isinstance(err, dict) else None
-        raise BackdoorlabError(
+        # A 4xx is a request the service refuses (a model it does not offer, a bad key):
+        # the user's to fix, exit 2 like every user mistake; the service's own failures, 1.
+        user = 400 <= e.status_code < 500 and e.status_code not in (408, 429)
+        raise (InputError if user else BackdoorlabError)(
             f"{what}: the service answered {e.status_code}"
             f"{f' ({code})' if code else ''}: {message or e.message}"
         ) from None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import atomic, gates
+from .errors import InputError
 from .evaluate import sections as evaluate_sections
 from .evaluate import task
 from .evaluate.aggregate import Estimate, tempered_name
@@ -21,7 +22,7 @@ from .evaluate.probeset import sweep_key
 from .evaluate.sections import SWEEPS, Obs, Section, Summary, classification_cells
 from .gates import GateResult, Verdict
 from .spec import ExperimentSpec
-from .store import Store
+from .store import FILENAME, Store
 
 
 def classification_table(sections: list[Section], info: dict[str, dict]) -> list[list[str]]:
@@ -348,13 +349,29 @@ def _template() -> Any:
     return env.get_template("report.html.j2")
 
 
-def write_report(run_dir: Path | str, reference: str | None = None) -> Report:
+def write_report(
+    run_dir: Path | str, reference: str | None = None, *, write: bool = True
+) -> Report:
     """report.html in `run_dir`: the question, the gates, the declared headline and its
-    verdict, each arm against the reference, then every section's table (collapsed)."""
+    verdict, each arm against the reference, then every section's table (collapsed).
+    `write=False` builds the same Report and leaves the directory untouched (it is opened
+    read-only). A named `reference` must be a measured arm, and a store with no results is
+    refused, so a report never replaces a good one with an empty page."""
     run_dir = Path(run_dir)
     spec = run_spec(run_dir)
-    reference = reference or (spec.reference if spec else None)
-    with Store(run_dir) as store:
+    path = run_dir / FILENAME
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"{path}: empty (0 bytes), not a results store; nothing written")
+    with Store(run_dir, readonly=not write) as store:
+        measured = store.arms()
+        if not (measured or store.all_fit() or store.latest_defense_cells()):
+            raise InputError(f"{store.path}: holds no results; nothing to report")
+        if reference is not None and reference not in measured:
+            raise InputError(
+                f"--reference {reference!r}: no such arm measured in {run_dir} "
+                f"({', '.join(sorted(measured))})"
+            )
+        reference = reference or (spec.reference if spec else None)
         ref = evaluate_sections.reference(store, reference)
         sections = task.summarize(store, reference)
         samples = _samples(store)
@@ -392,7 +409,8 @@ def write_report(run_dir: Path | str, reference: str | None = None) -> Report:
         written=datetime.now(UTC).isoformat(timespec="seconds"),
         run_dir=str(run_dir),
     )
-    atomic.write_text(report.path, page)
+    if write:
+        atomic.write_text(report.path, page)
     return report
 
 

@@ -134,16 +134,44 @@ class Prediction:
 
 
 class Store:
-    def __init__(self, run_dir: Path | str):
+    """`readonly`: open an existing store without writing anything, not even a migration
+    (reports and summaries of a run directory the user may only read)."""
+
+    def __init__(self, run_dir: Path | str, *, readonly: bool = False):
         self.path = Path(run_dir) / FILENAME
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
+            if readonly:
+                self.db = self._open_readonly()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self._migrate()
         except sqlite3.DatabaseError as e:
             raise InputError(f"{self.path}: not a usable results store ({e})") from None
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise InputError(f"{self.path}: no such results store")
+        if self.path.stat().st_size == 0:
+            raise InputError(f"{self.path}: empty (0 bytes), not a results store")
+        uri = self.path.resolve().as_uri()
+        try:
+            db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.OperationalError:
+            # A WAL store in a directory we cannot write, with no shared-memory file beside
+            # it: nobody can be writing it, so read it as immutable.
+            db = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version != VERSION:
+            db.close()
+            raise InputError(
+                f"{self.path}: store version {version}, this backdoorlab reads {VERSION}; "
+                "open it once where it can be written (e.g. `backdoorlab report`) to upgrade it"
+            )
+        return db
 
     def _migrate(self) -> None:
         self.db.execute("BEGIN IMMEDIATE")  # two processes opening one store migrate once

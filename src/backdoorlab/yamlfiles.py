@@ -3,6 +3,8 @@ that name the file and line."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,42 @@ def read(path: Path) -> str:
         raise InputError(f"{path}: cannot read ({e})") from None
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with two of YAML 1.1's surprises removed: `yes`, `no`, `on` and
+    `off` stay strings (only true and false are booleans, as in YAML 1.2; a boolean field
+    still takes "yes", which pydantic reads as true), and a key given twice in one mapping is
+    an error naming both lines instead of the second silently winning."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key]})",
+                    key_node.start_mark,
+                )  # fmt: skip
+            if isinstance(key, Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def parse(text: str, where: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
+    except RecursionError:
+        raise InputError(f"{where}: nested too deeply to read") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         if mark is not None:
@@ -40,7 +75,7 @@ def parse(text: str, where: str) -> Any:
 
 def compose(text: str) -> Any:
     """The node tree, for line numbers of entries (call after `parse` succeeded)."""
-    return yaml.compose(text)
+    return yaml.compose(text, Loader=_Loader)
 
 
 def line_of(text: str, loc: tuple) -> int | None:

@@ -428,7 +428,9 @@ def _train(
                     },
                     accountant=engine.accountant.state_dict() if engine else None,
                 )
-            if stop:
+            # An interrupt during the last step finds the training done: the final weights
+            # are saved below, rather than a message about the step before's checkpoint.
+            if stop and step < total:
                 procs.wait()  # the checkpoint is written before any process exits
                 raise Interrupted(
                     f"interrupted at step {step} of {total}; checkpoint saved, "
