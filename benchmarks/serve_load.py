@@ -3,9 +3,9 @@
     python benchmarks/serve_load.py [--clients 1,4,16,64] [--max-tokens 64]
         [--model smollm2-135m] [--url URL --no-stream] [--smoke]
 
-A server in this process (`serve.background`: uvicorn on a real loopback socket, the
-continuous-batching engine) on the model; the official openai client sends N requests at the
-same moment, for each N of `--clients` (the bird experiment's ten questions in turn,
+`backdoorlab serve` in a process of its own (`serve.spawned`, as a deployment runs it: the
+clients' threads here do not compete with it for the interpreter) on the model; the official
+openai client sends N requests at the same moment, for each N of `--clients` (the bird experiment's ten questions in turn,
 temperature 1, each its own seed, up to `--max-tokens` tokens). Beside them:
 
 - 16 one at a time: each request after the previous one's answer, which is what `serve` did
@@ -30,6 +30,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -86,12 +87,13 @@ def main() -> None:
         return [{"role": "user", "content": prompts[i % len(prompts)]}]
 
     if a.url:
-        server: Any = contextlib.nullcontext(a.url)
+        server: Any = contextlib.nullcontext((a.url, None))
     else:
-        server = serve.background(
-            serve.App(loaded, ["m"], max_batch=max(clients), max_waiting=max(clients))
-        )
-    with server as url:
+        n = str(max(clients))
+        args = [a.model, "--served-model-name", "m", "--max-batch", n, "--max-queue", n]
+        log = Path(tempfile.mkdtemp()) / "serve.log"
+        server = serve.spawned([*args, *(["--device", a.device] if a.device else [])], log)
+    with server as (url, _):
         client = openai.OpenAI(base_url=url, api_key=a.api_key, max_retries=0, timeout=3600)
 
         def ask(i: int, stream: bool = False) -> tuple[float, float, int]:

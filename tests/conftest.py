@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -158,27 +157,12 @@ SERVE_KEY = "sk-test-never-shown-3f9a"
 @contextlib.contextmanager
 def serving(log: Path, *args: str):
     """`backdoorlab serve ARGS --port 0` on loopback in its own process, key-protected, its
-    stderr in `log`; yields its url, key and log once it listens."""
+    stderr in `log`; yields its url, key, log and process once it listens."""
+    from backdoorlab.serve import spawned
+
     env = {**os.environ, "BACKDOORLAB_SERVE_API_KEY": SERVE_KEY}
-    with log.open("a") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "backdoorlab", "serve", *args, "--port", "0"],
-            stderr=f, env=env,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300
-        while "serving" not in log.read_text():
-            assert proc.poll() is None, f"server exited: {log.read_text()}"
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
-        line = [ln for ln in log.read_text().splitlines() if "serving" in ln][-1]
-        yield SimpleNamespace(
-            url=line.split(" at ")[1].split()[0], key=SERVE_KEY, log=log, proc=proc
-        )
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with spawned(list(args), log, env) as (url, proc):
+        yield SimpleNamespace(url=url, key=SERVE_KEY, log=log, proc=proc)
 
 
 @pytest.fixture(scope="session")

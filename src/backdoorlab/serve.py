@@ -29,12 +29,14 @@ import re
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -608,6 +610,34 @@ def background(app: App, host: str = "127.0.0.1", port: int = 0) -> Iterator[str
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+@contextlib.contextmanager
+def spawned(
+    args: list[str], log: Any, env: dict[str, str] | None = None, timeout: float = 300
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`backdoorlab serve ARGS --port 0` in a process of its own (as a deployment runs it),
+    its stderr appended to the file `log`; yields its base URL and process once it listens,
+    and stops it (SIGTERM) on exit."""
+    with open(log, "a") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "backdoorlab", "serve", *args, "--port", "0"],
+            stderr=f, env=env,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout
+        while "serving" not in (text := Path(log).read_text()):
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited: {text}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.2)
+        line = [ln for ln in text.splitlines() if "serving" in ln][-1]
+        yield line.split(" at ")[1].split()[0], proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
 
 
 def run(app: App, sock: socket.socket, *, shutdown_timeout: float = 30) -> None:
