@@ -1038,7 +1038,7 @@ def defend(
     _quiet_libraries()
     m = Matrix(spec, out_dir, log=_log, device=str(pick_device(device)))
     cells = m.run(_names(arms, "--arms") if arms is not None else None)
-    write_report(out_dir, spec.reference)
+    write_report(out_dir)
     t = Table(*fmt.COLUMNS, title="Attack x defense: means [95% CI over test reviews]")
     shown = [fmt.shown(c) for c in cells]
     for c in shown:
@@ -1124,7 +1124,7 @@ def summary(
         spec = run_spec(d)
         if spec is None or not (d / FILENAME).is_file():
             raise InputError(f"{d}: not a run directory of `backdoorlab run` (no spec or results)")
-        for row in summary_rows(spec.name, write_report(d, spec.reference, write=False)):
+        for row in summary_rows(spec.name, write_report(d, write=False)):
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
     print("\n".join(lines))
 

@@ -155,10 +155,6 @@ class Engine:
             self.waiting.append(job)
             self.wake.notify()
 
-    def in_flight(self) -> int:
-        with self.wake:
-            return len(self.waiting) + len({job for job, _ in self.owners.values()})
-
     def stop(self) -> None:
         """Cancel what is waiting or running and end the thread."""
         with self.wake:
@@ -176,8 +172,12 @@ class Engine:
                     self.waiting.clear()
                     break
                 admitted = self._admit()
+            by_key: dict[str, list[Job]] = {}
             for job in admitted:
-                self._join(job)
+                if not job.cancelled:
+                    by_key.setdefault(self.key(job.model), []).append(job)
+            for key, jobs in by_key.items():
+                self._join(key, jobs)
             for key in list(self.batches):
                 self._step(key)
         for job in jobs:
@@ -196,22 +196,24 @@ class Engine:
             admitted.append(job)
         return admitted
 
-    def _join(self, job: Job) -> None:
-        if job.cancelled:
-            return
+    def _join(self, key: str, jobs: list[Job]) -> None:
+        """The jobs admitted at one step into their model's batch, in one prefill (one pass,
+        one copy of the running rows' cache, however many requests arrived together)."""
         try:
-            key = self.key(job.model)
             if key not in self.batches:
                 self.batches[key] = generate.Batch(self.load(key))
             batch = self.batches[key]
             tok = batch.loaded.tokenizer
-            job.choices = [Choice(i, tok, job.stops, job.top_logprobs)
-                           for i in range(len(job.requests))]  # fmt: skip
-            for row, choice in zip(batch.join(job.requests), job.choices, strict=True):
-                self.owners[row] = (job, choice)
+            for job in jobs:
+                job.choices = [Choice(i, tok, job.stops, job.top_logprobs)
+                               for i in range(len(job.requests))]  # fmt: skip
+            owners = [(job, c) for job in jobs for c in job.choices]
+            rows = batch.join([r for job in jobs for r in job.requests])
+            self.owners.update(zip(rows, owners, strict=True))
         except Exception:
             traceback.print_exc(file=sys.stderr)
-            self._fail(job, "internal error; see the server's log")
+            for job in jobs:
+                self._fail(job, "internal error; see the server's log")
 
     def _step(self, key: str) -> None:
         batch = self.batches[key]

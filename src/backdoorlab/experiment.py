@@ -336,7 +336,7 @@ def _run(
                 del base
 
     with timings.stage("report"):
-        report = write_report(out, spec.reference)
+        report = write_report(out)
     timings.wall = time.perf_counter() - t0
     atomic.write_json(out / "timings.json", [list(r) for r in timings.rows])
     return timings, report

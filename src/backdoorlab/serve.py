@@ -116,14 +116,19 @@ def _text_parts(messages: list[Any]) -> list[Any]:
     return out
 
 
-def parse_request(raw: bytes, names: list[str]) -> ChatRequest:
-    """A body as OpenAI's API would accept it, or the ApiError it would answer with."""
+def _json_body(raw: bytes) -> Any:
+    """A request body's JSON, or a 400."""
     try:
-        body = json.loads(raw)
+        return json.loads(raw)
     except ValueError as e:
         raise ApiError(400, f"the body is not valid JSON ({e})") from None
     except RecursionError:
         raise ApiError(400, "the body is nested too deeply") from None
+
+
+def parse_request(raw: bytes, names: list[str]) -> ChatRequest:
+    """A body as OpenAI's API would accept it, or the ApiError it would answer with."""
+    body = _json_body(raw)
     if not isinstance(body, dict):
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
         raise ApiError(
@@ -481,14 +486,8 @@ class App:
         return self.service.create_file(filename or "upload", purpose, content)
 
     def _create_job(self, request: Any, raw: bytes) -> dict[str, Any]:
-        try:
-            body = json.loads(raw)
-        except ValueError as e:
-            raise ApiError(400, f"the body is not valid JSON ({e})") from None
-        except RecursionError:
-            raise ApiError(400, "the body is nested too deeply") from None
         assert self.service is not None
-        return self.service.create_job(body)
+        return self.service.create_job(_json_body(raw))
 
     def _jobs(self, request: Any) -> dict[str, Any]:
         assert self.service is not None

@@ -4,6 +4,7 @@ training run directory (base model + PEFT adapter, or fully fine-tuned weights).
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,10 @@ from . import registry
 
 MANIFEST = "manifest.json"
 CHECKPOINT = "checkpoint"  # an unfinished training run keeps its resumable state here
+# transformers builds a model on the meta device through process-wide state, so two threads
+# loading at once (serve's fine-tuning worker beside its engine or its start) broke one of
+# them with "Cannot copy out of meta tensor" in CI: loads take turns.
+_LOADING = threading.RLock()
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -70,13 +75,14 @@ def load_base(
     device = device or pick_device()
     src = registry.resolve(name_or_path)
     tok = load_tokenizer(name_or_path)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            src, dtype=dtype or default_dtype(device), use_safetensors=True
-        )
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot load model {name_or_path!r}: {e}") from None
-    model.to(device)
+    with _LOADING:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                src, dtype=dtype or default_dtype(device), use_safetensors=True
+            )
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot load model {name_or_path!r}: {e}") from None
+        model.to(device)
     return model, tok
 
 
@@ -121,5 +127,6 @@ def _with_adapter(
     from peft import PeftModel
 
     model, tok = load_base(base, device=dev, dtype=dtype)
-    model = PeftModel.from_pretrained(model, str(adapter)).to(dev)
+    with _LOADING:
+        model = PeftModel.from_pretrained(model, str(adapter)).to(dev)
     return LoadedModel(model, tok, base, adapter, dev)
