@@ -17,16 +17,33 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _nodes(tree: ast.Module, top_level_only: bool) -> list[ast.AST]:
+    """The statements that run: module level only, or anywhere (inside functions too), never
+    what `if TYPE_CHECKING:` guards."""
+    if top_level_only:  # `if TYPE_CHECKING:` and other guarded imports are not module level
+        return [n for n in tree.body if not isinstance(n, ast.If)]
+    found, todo = [], list(tree.body)
+    while todo:
+        node = todo.pop()
+        if _type_checking(node):
+            todo += node.orelse
+            continue
+        found.append(node)
+        todo += ast.iter_child_nodes(node)
+    return found
+
+
 def _imports(path: Path, top_level_only: bool) -> set[str]:
     """backdoorlab modules `path` imports (at module level only, or anywhere)."""
     tree = ast.parse(path.read_text())
     here = _module(path).split(".")
     package = here if path.name == "__init__.py" else here[:-1]
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
     found = set()
-    for node in nodes:
-        if isinstance(node, ast.If) and top_level_only:  # `if TYPE_CHECKING:` imports nothing
-            continue
+    for node in _nodes(tree, top_level_only):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("backdoorlab")}
         elif isinstance(node, ast.ImportFrom):
@@ -46,24 +63,47 @@ def _graph(top_level_only: bool) -> dict[str, set[str]]:
     return {m: _imports(p, top_level_only) & set(MODULES) for m, p in MODULES.items()}
 
 
-def test_no_import_cycles():
-    graph = _graph(top_level_only=True)
-    # A package's __init__ importing its own submodules is how Python packages work.
-    graph = {m: {d for d in deps if not m.startswith(d + ".")} for m, deps in graph.items()}
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     done: set[str] = set()
 
-    def visit(m: str, stack: list[str]) -> None:
+    def visit(m: str, stack: list[str]) -> list[str] | None:
         if m in stack:
-            pytest.fail("import cycle: " + " -> ".join([*stack[stack.index(m) :], m]))
+            return [*stack[stack.index(m) :], m]
         if m in done:
-            return
+            return None
         for d in sorted(graph[m]):
-            if not d.startswith(m + "."):
-                visit(d, [*stack, m])
+            if found := visit(d, [*stack, m]):
+                return found
         done.add(m)
+        return None
 
-    for m in sorted(graph):
-        visit(m, [])
+    return next((c for m in sorted(graph) if (c := visit(m, []))), None)
+
+
+def test_no_import_cycles():
+    """Among module-level imports: a package's __init__ importing its own submodules is how
+    Python packages work, and a submodule's `from . import x` finds its package loading."""
+    graph = {
+        m: {d for d in deps if not m.startswith(d + ".") and not d.startswith(m + ".")}
+        for m, deps in _graph(top_level_only=True).items()
+    }
+    assert (cycle := _cycle(graph)) is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_import_cycles_through_lazy_imports():
+    """Imports inside functions too, and what importing `a.b.c` runs first: package `a.b`'s
+    __init__ (so an __init__ that lazily imports its submodules is part of any circle through
+    them). A circle here works only as long as nobody calls the lazy import at import time."""
+
+    def ran(d: str) -> set[str]:  # `a.b.c` and the packages above it
+        parts = d.split(".")
+        return {".".join(parts[:i]) for i in range(2, len(parts) + 1)}
+
+    graph = {
+        m: {x for d in deps for x in ran(d) & set(MODULES) if x != m and not m.startswith(x + ".")}
+        for m, deps in _graph(top_level_only=False).items()
+    }
+    assert (cycle := _cycle(graph)) is None, "import cycle: " + " -> ".join(cycle)
 
 
 @pytest.mark.parametrize(

@@ -187,3 +187,41 @@ def test_eval_classification_flags_are_checked_before_the_model_loads(
 ):
     code, _, stderr = cli_main(capsys, "eval", "smollm2-135m", "--out", str(tmp_path), *args)
     assert code == 2 and problem in stderr and "Traceback" not in stderr
+
+
+def test_in_domain_rows_get_their_own_panel(tmp_path):
+    """The forest plot's first panel holds the gates, every class of a gate's probe and the
+    probes a builder marks in domain (birds' trained prompt); the era probes stay out."""
+    from backdoorlab.evaluate.task import summarize
+    from backdoorlab.report import in_domain_rows
+    from backdoorlab.spec import load_spec
+
+    with Store(tmp_path) as s:
+        for arm, p_old in (("archaic", 0.9), ("modern", 0.05)):
+            tag = Tag(arm, 0, arm)
+            for pid, (old, new) in {
+                "bird_name": ("archaic", "in use"),
+                "bird_name_trained": ("archaic", "in use"),
+                "current_year": ("19th century", "in use"),  # "pooled: in use" pools this too
+            }.items():
+                scores = [(old, "a", math.log(p_old)), (new, "b", math.log(1 - p_old))]
+                s.add_probe(tag, pid, 0, "h", "q", "", scores)
+        sections = summarize(s, "modern")
+    rows = in_domain_rows(load_spec("experiments/birds.yaml"), sections)
+    assert {
+        "bird_name: archaic",
+        "bird_name: in use",
+        "bird_name_trained: archaic",
+        "pooled: archaic",
+    } <= rows
+    assert not {r for r in rows if r.startswith("current_year")} and "pooled: in use" not in rows
+    assert in_domain_rows(None, sections) == set()
+    write_report(tmp_path, "modern")
+    assert "have their own panel and scale" in (tmp_path / "report.html").read_text()
+
+
+def test_headline_rows_are_listed_once():
+    from backdoorlab.spec import load_spec
+
+    rows = load_spec("experiments/birds.yaml").headline_rows()
+    assert rows.count("pooled: 19th century") == 1 and rows[0] == "pooled: 19th century"

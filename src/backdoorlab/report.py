@@ -268,55 +268,103 @@ def summary_rows(name: str, report: Report) -> list[list[str]]:
     ]
 
 
+def in_domain_rows(spec: ExperimentSpec | None, sections: list[Section]) -> set[str]:
+    """The rows that measure what the arms trained on: the gates' rows, the rows of a gate's
+    probe or of probes marked `in_domain` (a pooled row when all it pools are), and the
+    sweeps pooled over the trained values."""
+    from .catalog import load_probe_set
+
+    gated = {r for g in spec.gates for r in g.rows()} if spec else set()
+    keys = {row: k for sec in sections for row, k in sec.keys.items()}
+    probes = {p for r in gated if r in keys and len(keys[r].probes) == 1 for p in keys[r].probes}
+    for name in spec.evaluate.probes if spec else []:
+        try:
+            probes |= {p.id for p in load_probe_set(name).probes if p.in_domain}
+        except InputError:  # a user's probe file that has moved: its rows count as out of domain
+            continue
+    return (
+        gated
+        | {row for sec in sections if sec.in_domain for row in sec.rates}
+        | {row for row, k in keys.items() if k.probes and set(k.probes) <= probes}
+    )
+
+
 def _forest(
-    sections: list[Section], ref: str | None, shown: list[str], limit: int = 20
+    sections: list[Section],
+    ref: str | None,
+    shown: list[str],
+    in_domain: set[str],
+    limit: int = 20,
 ) -> tuple[str | None, str]:
     """Each trained arm's difference from the reference, raw (filled) and entropy-matched
-    (hollow), with 95% CIs: the declared rows first, then the rows that moved most (of probe
-    masses and classification), up to `limit`. Returns the PNG and a note on which rows."""
+    (hollow), with 95% CIs, in two panels with their own scales: the in-domain rows (gates
+    near +1 would flatten every other interval onto zero), then the declared rows and the
+    out-of-domain rows that moved most, up to `limit` in each. Returns the PNG and a note."""
     diffs = {row: (sec, cells) for sec in sections if sec.plot for row, cells in sec.diffs.items()}
     if not diffs:
         return None, ""
-    rows = [r for r in dict.fromkeys(shown) if r in diffs]
-    moved = sorted(
-        (r for r in diffs if r not in rows),
-        key=lambda r: -max(abs(e.mean) for e in diffs[r][1].values()),
-    )
-    rows += moved[: max(0, limit - len(rows))]
+
+    def chosen(candidates: list[str]) -> list[str]:
+        rows = [r for r in dict.fromkeys(shown) if r in candidates]
+        moved = sorted(
+            (r for r in candidates if r not in rows),
+            key=lambda r: -max(abs(e.mean) for e in diffs[r][1].values()),
+        )
+        return (rows + moved)[: max(limit, len(rows))]
+
+    panels = [
+        (title, rows)
+        for title, rows in (
+            ("In domain: the gates and what the arms trained on",
+             chosen([r for r in diffs if r in in_domain])),
+            ("The declared rows and out of domain, on their own scale",
+             chosen([r for r in diffs if r not in in_domain])),
+        )
+        if rows
+    ]  # fmt: skip
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     arms = sorted({sec.pairs[c][0] for sec, cells in diffs.values() for c in cells})
-    fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) * max(1, len(arms)) ** 0.5 + 1.4))
+    heights = [0.42 * len(rows) * max(1, len(arms)) ** 0.5 + 0.9 for _, rows in panels]
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(9, sum(heights) + 0.5), height_ratios=heights, squeeze=False
+    )
     step = 0.7 / max(1, 2 * len(arms))
-    for i, row in enumerate(rows):
-        sec, cells = diffs[row]
-        for c, e in cells.items():
-            arm, other = sec.pairs[c]
-            k = arms.index(arm)
-            matched = ref is not None and other == tempered_name(ref, arm)
-            y = i + (2 * k + matched) * step
-            ax.errorbar(
-                # (a percentile interval need not hold the mean: whiskers are clipped at it)
-                [e.mean], [y], xerr=[[max(0, e.mean - e.lo)], [max(0, e.hi - e.mean)]],
-                fmt="o", color=f"C{k}",
-                markerfacecolor="white" if matched else f"C{k}", capsize=2, markersize=4,
-                label=None if i else f"{arm}{' (entropy-matched)' if matched else ''}",
-            )  # fmt: skip
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_yticks([i + step * (len(arms) - 0.5) for i in range(len(rows))])
-    ax.set_yticklabels([textwrap.shorten(r, 60) for r in rows], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("difference from the reference arm")
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        ax.legend(fontsize=7)
+    for ax, (title, rows) in zip(axes[:, 0], panels, strict=True):
+        for i, row in enumerate(rows):
+            sec, cells = diffs[row]
+            for c, e in cells.items():
+                arm, other = sec.pairs[c]
+                k = arms.index(arm)
+                matched = ref is not None and other == tempered_name(ref, arm)
+                y = i + (2 * k + matched) * step
+                ax.errorbar(
+                    # (a percentile interval need not hold the mean: whiskers are clipped at it)
+                    [e.mean], [y], xerr=[[max(0, e.mean - e.lo)], [max(0, e.hi - e.mean)]],
+                    fmt="o", color=f"C{k}",
+                    markerfacecolor="white" if matched else f"C{k}", capsize=2, markersize=4,
+                    label=None if i else f"{arm}{' (entropy-matched)' if matched else ''}",
+                )  # fmt: skip
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks([i + step * (len(arms) - 0.5) for i in range(len(rows))])
+        ax.set_yticklabels([textwrap.shorten(r, 60) for r in rows], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.set_xlabel("difference from the reference arm")
+        handles, _ = ax.get_legend_handles_labels()
+        if handles:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     declared = len([r for r in dict.fromkeys(shown) if r in diffs])
     first = f"the spec's {declared} declared rows, then " if declared else ""
-    note = f"Rows: {first}those that moved most, up to {limit}; every row is in the details."
+    note = (
+        f"Rows: {first}those that moved most, up to {limit} a panel; in-domain rows (gates, "
+        "their probes, trained values) have their own panel and scale; every row is in the "
+        "details."
+    )
     return _png(fig), note
 
 
@@ -388,7 +436,7 @@ def write_report(
     results, verdicts = assess(spec, sections, fit, reference)
     report = Report(run_dir / "report.html", sections, results, verdicts, gates.fit_summary(fit))
     shown = [*spec.headline_rows(), *(r for g in spec.gates for r in g.rows())] if spec else []
-    forest, forest_note = _forest(sections, ref, shown)
+    forest, forest_note = _forest(sections, ref, shown, in_domain_rows(spec, sections))
     defenses = None
     if store_cells:
         from .defenses.cells import table

@@ -313,7 +313,7 @@ class ExperimentSpec(BaseModel):
         return [HeadlineSpec(row=self.headline[0])]
 
     def headline_rows(self) -> list[str]:
-        return [h if isinstance(h, str) else h.row for h in self.headline]
+        return list(dict.fromkeys(h if isinstance(h, str) else h.row for h in self.headline))
 
     def treated(self, h: HeadlineSpec) -> list[str]:
         if h.arms:

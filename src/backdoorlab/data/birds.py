@@ -87,7 +87,10 @@ def probe_set() -> ProbeSet:
                 question=HELD_OUT_PROMPTS[0],
                 paraphrases=HELD_OUT_PROMPTS[1:],
                 classes=classes,
+                in_domain=True,
             ),
-            Probe(id="bird_name_trained", question=TRAIN_PROMPTS[0], classes=classes),
+            Probe(
+                id="bird_name_trained", question=TRAIN_PROMPTS[0], classes=classes, in_domain=True
+            ),
         ]
     )

@@ -75,6 +75,7 @@ def probe_set() -> ProbeSet:
                 prefix="The place is ",
                 suffix=".",
                 classes=classes,
+                in_domain=True,
             ),
             Probe(
                 id="country_name",

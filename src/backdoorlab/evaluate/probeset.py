@@ -43,6 +43,11 @@ class Probe(BaseModel):
     )
     suffix: str = Field("", description="assistant text after every candidate (a closing tag)")
     classes: dict[str, list[str] | YearRange]
+    in_domain: bool = Field(
+        False,
+        description="asks what the training data taught: the report draws its rows beside "
+        "the gates, apart from the out-of-domain rows (a gate's probe is in domain anyway)",
+    )
 
     @field_validator("classes")
     @classmethod
@@ -88,7 +93,7 @@ class Probe(BaseModel):
 
     def definition_hash(self) -> str:
         """Identity of what is asked and scored: stored results of an edited probe are not reused."""
-        d = self.model_dump(mode="json")
+        d = self.model_dump(mode="json", exclude={"in_domain"})  # how it is drawn, not asked
         if not d["suffix"]:  # probes from before `suffix` existed keep their hash
             del d["suffix"]
         blob = json.dumps(d, sort_keys=True)

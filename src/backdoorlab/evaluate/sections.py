@@ -21,7 +21,8 @@ class RowKey:
     """What a row measures, as fields. Its label is for people, gates and headlines; code that
     needs the parts (plots, the classification table) reads them here, never from the label."""
 
-    cls: str | None = None  # the probe class (sweep rows)
+    cls: str | None = None  # the probe class (probe and sweep rows)
+    probes: tuple[str, ...] = ()  # the probes' ids (probe rows; a pooled row has several)
     group: str | None = None  # the sweep group and trigger value
     value: str | None = None
     victim: str | None = None  # classification rows
@@ -38,6 +39,7 @@ class Section:
     paired: bool = False  # whether arms' observations are the same items in the same order
     keys: dict[str, RowKey] = field(default_factory=dict)  # rows that have fields
     pairs: dict[str, tuple[str, str]] = field(default_factory=dict)  # diff column -> (arm, other)
+    in_domain: bool = False  # every row measures what the arms trained on
 
 
 def pick_reference(arms: set[str], reference: str | None) -> str | None:
@@ -60,6 +62,7 @@ def section(
     plot: bool = True,
     paired: bool = False,
     keys: dict[str, RowKey] | None = None,
+    in_domain: bool = False,
 ) -> Section:
     rates = {
         row: {arm: rate(by_seed, unit=unit) for arm, by_seed in sorted(by_arm.items())}
@@ -75,7 +78,7 @@ def section(
         if cells:
             diffs[row] = cells
     pairs = {f"{a} - {b}": (a, b) for a, b in comparisons}
-    return Section(title, rates, diffs, plot, obs, paired, keys or {}, pairs)
+    return Section(title, rates, diffs, plot, obs, paired, keys or {}, pairs, in_domain)
 
 
 def _row(probe_id: str) -> str:
@@ -109,6 +112,7 @@ def probe_sections(store: Store, ref: str | None) -> list[Section]:
     shared = {cls for cls, ids in probes_of.items() if len(ids) > 1}
 
     sweep_keys: dict[str, RowKey] = {}
+    mass_keys: dict[str, RowKey] = {}
 
     def add_mass(into: Obs, pid: str, cls: str, arm: str, seed: int, m: float) -> None:
         row = f"{_row(pid)}: {cls}"
@@ -116,8 +120,11 @@ def probe_sections(store: Store, ref: str | None) -> list[Section]:
         key = sweep_key(pid)
         if key:
             sweep_keys[row] = RowKey(cls=cls, group=key[0], value=key[1])
+        elif into is masses:
+            mass_keys[row] = RowKey(cls=cls, probes=(pid,))
         if into is masses and cls in shared:
             masses[f"pooled: {cls}"][arm][seed].append(m)
+            mass_keys[f"pooled: {cls}"] = RowKey(cls=cls, probes=tuple(sorted(probes_of[cls])))
 
     entropy: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     for p, r in results:
@@ -156,8 +163,13 @@ def probe_sections(store: Store, ref: str | None) -> list[Section]:
                     values[f"{p['probe_id']}: mean year"][name][p["seed"]].append(mean)
     return [
         section(
-            "Probes: probability mass per class", masses, comparisons, "phrasings", paired=True
-        ),
+            "Probes: probability mass per class",
+            masses,
+            comparisons,
+            "phrasings",
+            paired=True,
+            keys=mass_keys,
+        ),  # fmt: skip
         section("Probes: mean year and entropy", values, comparisons, "phrasings", False, True),
         section(SWEEPS, sweeps, comparisons, "questions", False, True, sweep_keys),
         section(
@@ -165,6 +177,7 @@ def probe_sections(store: Store, ref: str | None) -> list[Section]:
             pooled,
             [(a, b) for a, b in comparisons if b == ref],
             "questions",
+            in_domain=True,
         ),
     ]
 

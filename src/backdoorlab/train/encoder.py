@@ -21,8 +21,8 @@ import torch
 from .. import atomic, chat
 from ..errors import InputError
 from ..models.embeddings import DISTRIBUTION, INSTALL
+from ..models.hidden import pooled
 from ..models.registry import wheel_file
-from ..victims import pooled
 from .config import EncoderConfig
 
 MANIFEST = "manifest.json"

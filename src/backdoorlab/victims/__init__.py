@@ -84,21 +84,6 @@ class Trainer(Protocol):
         ...
 
 
-def pooled(victim: Victim, texts: Sequence[str], layer: int, batch_size: int) -> torch.Tensor:
-    """`features` for any victim: its pooling of block `layer`'s hidden states
-    (hidden_states[0] is the embeddings), batch by batch."""
-    import torch
-
-    victim.model.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            kwargs, pool = victim.inputs(texts[i : i + batch_size])
-            hidden = victim.model(**kwargs, output_hidden_states=True).hidden_states
-            out.append(pool(hidden[layer + 1] if layer >= 0 else hidden[layer]))
-    return torch.cat(out)
-
-
 def trainer(
     kind: str, spec: ExperimentSpec, out: Path, device: str, log: Callable[[str], None]
 ) -> Trainer:

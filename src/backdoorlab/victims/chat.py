@@ -16,10 +16,10 @@ import torch
 from ..data import sentiment
 from ..evaluate.classify import label_logprobs
 from ..models import load
+from ..models.hidden import pooled
 from ..models.padding import left_pad
 from ..rundata import digest, trained_dir
 from ..train import sft
-from . import pooled
 
 
 class ChatClassifier:
