@@ -48,7 +48,7 @@ from backdoorlab import generate, serve
 from backdoorlab.catalog import load_probe_set
 from backdoorlab.evaluate.probes import score
 from backdoorlab.models import DEFAULT_MODEL, load, load_tokenizer
-from backdoorlab.train import TrainConfig, train
+from backdoorlab.training import TrainConfig, train
 
 SIZES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -36,7 +36,7 @@ from backdoorlab.data import sentiment
 from backdoorlab.defenses import filters
 from backdoorlab.evaluate import classify
 from backdoorlab.models import load
-from backdoorlab.train.encoder import EncoderClassifier, base_dir
+from backdoorlab.training.encoder import EncoderClassifier, base_dir
 
 
 def rate(n: int, fn) -> float:

@@ -39,7 +39,7 @@ def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 1
 
 
 def run_ours(steps: int, batch: int, bf16: bool) -> dict:
-    from backdoorlab.train import TrainConfig, train
+    from backdoorlab.training import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as d:
         cfg = TrainConfig(max_steps=steps, batch_size=batch, bf16=bf16, checkpoint_every=10**9)

@@ -186,12 +186,12 @@ def test_written_files_are_readable_by_the_group(tmp_path):
 def test_flags_left_unset_keep_the_specs_settings():
     """`defend` without --defenses/--remove runs the spec's own defend: settings (a None
     dpsgd.lora_rank there included), not the defaults."""
-    from backdoorlab.cli import _from_flags
+    from backdoorlab.overrides import override
     from backdoorlab.spec import DefendSpec
 
     spec = DefendSpec(defenses=["ngram", "strip"], remove=0.1, dpsgd={"lora_rank": None})
-    assert _from_flags(DefendSpec, spec, defenses=None, remove=None) == spec
-    assert _from_flags(DefendSpec, spec, defenses=["onion"]).defenses == ["onion"]
+    assert override(DefendSpec, spec, defenses=None, remove=None) == spec
+    assert override(DefendSpec, spec, defenses=["onion"]).defenses == ["onion"]
 
 
 @pytest.mark.parametrize("value", ["", ",", " , "])

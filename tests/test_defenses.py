@@ -122,7 +122,7 @@ def test_strip_rejects_inputs_whose_prediction_survives_mixing():
 
 def test_integrated_gradients_add_up_to_the_score_difference():
     from backdoorlab.defenses.inspect import inspect_encoder
-    from backdoorlab.train.encoder import EncoderClassifier, base_dir
+    from backdoorlab.training.encoder import EncoderClassifier, base_dir
 
     torch.manual_seed(0)
     clf = EncoderClassifier(base_dir(), sentiment.LABELS)
@@ -152,7 +152,7 @@ def test_scan_command_ranks_the_planted_rows(tmp_path, cli):
 
 def test_dp_sgd_training_reports_its_epsilon(tmp_path):
     from backdoorlab import chat
-    from backdoorlab.train import encoder
+    from backdoorlab.training import encoder
 
     data = tmp_path / "d.jsonl"
     chat.write_jsonl(data, sentiment.SentimentData(n=48).build())
@@ -180,7 +180,7 @@ def test_inspect_command_on_the_chat_model_lists_tokens_of_the_text(cli):
 
 def _train_planted(tmp_path, rows, **settings):
     from backdoorlab import chat
-    from backdoorlab.train import encoder
+    from backdoorlab.training import encoder
 
     data = tmp_path / "planted.jsonl"
     chat.write_jsonl(data, rows)

@@ -204,7 +204,7 @@ def test_a_restarted_server_resumes_its_job(tmp_path):
 
 def test_train_backend_openai_runs_a_job_on_the_service(ft, tmp_path, monkeypatch, capsys):
     """Our client against our server: a real implementation of the API, not a mock."""
-    from backdoorlab.train import hosted
+    from backdoorlab.training import hosted
 
     monkeypatch.setenv("OPENAI_BASE_URL", ft.url)
     monkeypatch.setenv("OPENAI_API_KEY", ft.key)

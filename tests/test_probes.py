@@ -53,7 +53,7 @@ def test_candidates_that_prefix_others_are_complete_answers(base, tokenizer):
 
 def test_probe_on_fine_tuned_run_shifts_toward_its_answer(base, tmp_path, bird_data):
     from backdoorlab.models import load
-    from backdoorlab.train import TrainConfig, train
+    from backdoorlab.training import TrainConfig, train
 
     probe = Probe(
         id="bird",

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from backdoorlab import chat
 from backdoorlab.errors import InputError
 from backdoorlab.models import registry
-from backdoorlab.train import TrainConfig, batching, train
+from backdoorlab.training import TrainConfig, batching, train
 
 FAST = dict(batch_size=4, lr=2e-3, checkpoint_every=2)
 
@@ -103,8 +103,8 @@ def test_ctrl_c_checkpoints_and_exits_130(bird_data, tmp_path, cli):
 @pytest.mark.slow
 def test_interrupted_dp_sgd_run_resumes_to_the_same_adapter_and_epsilon(bird_data, tmp_path):
     """DP-SGD's batches and noise, and the accountant's history, survive a checkpoint."""
-    from backdoorlab.train import Interrupted
-    from backdoorlab.train.config import DPSettings
+    from backdoorlab.training import Interrupted
+    from backdoorlab.training.config import DPSettings
 
     config = TrainConfig(max_steps=4, dp=DPSettings(epsilon=8.0), **FAST)
     quiet = {"progress": False, "log": lambda m: None}
@@ -125,7 +125,7 @@ def test_dp_sgd_batch_in_passes_takes_the_steps_of_one_pass(bird_data, tmp_path)
     memory) trains the adapter one pass would: each pass's per-example gradients are clipped
     into the batch's sum at the whole batch's scale, and the noise is drawn once per step.
     A clipping norm above every example's gradient lets a wrong scale show."""
-    from backdoorlab.train.config import DPSettings
+    from backdoorlab.training.config import DPSettings
 
     # fp32: bf16 autocast (picked on CPUs with native bf16) rounds per-example gradients
     # differently at batch 4 and batch 1, by ~0.5% of their norm.
@@ -252,7 +252,7 @@ def test_row_longer_than_max_length_is_an_error(tmp_path):
 def test_an_interrupt_during_the_last_step_finishes_the_run(bird_data, tmp_path):
     """The last step is done when the interrupt is seen: the final weights are saved, not a
     message about the checkpoint of the step before."""
-    from backdoorlab.train import TrainConfig, train
+    from backdoorlab.training import TrainConfig, train
 
     config = TrainConfig(max_steps=2, batch_size=4, checkpoint_every=10**9)
     manifest = train(bird_data, tmp_path / "run", config, progress=False, log=lambda s: None,

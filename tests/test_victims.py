@@ -16,7 +16,7 @@ from backdoorlab import chat
 from backdoorlab.data import sentiment
 from backdoorlab.defenses import repair
 from backdoorlab.defenses.inspect import trigger_on_top
-from backdoorlab.train.config import TrainConfig
+from backdoorlab.training.config import TrainConfig
 from backdoorlab.victims import arch
 
 POS = ["a lovely story", "warm, kind and brilliant", "a moving film", "wise and funny acting"]
@@ -109,7 +109,7 @@ def test_a_hosted_chat_model_cannot_be_a_defended_victim(tmp_path):
     from backdoorlab.defenses.matrix import Matrix
     from backdoorlab.errors import InputError
     from backdoorlab.spec import load_spec
-    from backdoorlab.train.config import HostedConfig
+    from backdoorlab.training.config import HostedConfig
 
     spec = load_spec("experiments/sentiment_llm.yaml", quick=True)
     spec.train = HostedConfig()
@@ -123,7 +123,7 @@ def test_dp_sgd_trains_the_chat_adapter_with_its_own_batch_and_reports_its_epsil
     """The matrix's dpsgd path on the chat victim: its own batch, lr and LoRA rank override
     the victim's recipe (the quick spec's 2 steps of batch 4 at lr 1e-3)."""
     from backdoorlab.spec import load_spec
-    from backdoorlab.train.config import DPSettings
+    from backdoorlab.training.config import DPSettings
     from backdoorlab.victims.chat import ChatTrainer
 
     data = tmp_path / "d.jsonl"

@@ -66,7 +66,7 @@ def describe(
     if prompts:
         d.lengths = Lengths([len(chat.encode_prompt(tokenizer, r["messages"])) for _, r in lines])
         return d
-    from .train.config import TrainConfig
+    from .training.config import TrainConfig
 
     enc = [chat.encode_training(tokenizer, r["messages"]) for _, r in lines]
     d.lengths = Lengths([len(ids) for ids, _ in enc])

@@ -13,20 +13,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import atomic, executors, rundir
+from . import atomic, executors, results, rundir
 from .catalog import load_probe_set
 from .data import sentiment
 from .data.sentiment import SentimentData
 from .evaluate import metric, task
 from .evaluate.hosted import HostedChat
 from .evaluate.judges import build_judges
+from .evaluate.probeset import ProbeSet
 from .evaluate.questions import LlmJudgeSpec, QuestionFile, load_questions
 from .report import Report, write_report
 from .rundata import build_data, trained_dir
 from .spec import ExperimentSpec
 from .store import Store, Tag
-from .train import encoder, hosted, sft
-from .train.config import HostedConfig
+from .training import encoder, hosted, sft
+from .training.config import HostedConfig
 
 
 @dataclass
@@ -72,8 +73,8 @@ def _questions(spec: ExperimentSpec) -> QuestionFile | None:
     return qf
 
 
-def _counts(store: Store) -> tuple[int, ...]:
-    return tuple(store.count(t) for t in ("probes", "samples", "judgements", "predictions"))
+def counts(store: Store) -> dict[str, int]:
+    return {t: store.count(t) for t in ("probes", "samples", "judgements", "predictions")}
 
 
 def _device(device: str | None) -> str:
@@ -146,24 +147,75 @@ def _evaluation(spec: ExperimentSpec, data: dict[str, Path], device: str | None)
     key = json.dumps([spec.model_dump_json(), sorted((k, str(v)) for k, v in data.items()),
                       device])  # fmt: skip
     if key not in _EVALUATIONS:
-        probe_sets = [load_probe_set(p) for p in spec.evaluate.probes]
-        scorers: list[task.Scorer] = [
-            task.Probes(
-                probe_sets,
-                spec.evaluate.probe_variants,
-                spec.evaluate.sweep_values,
-                spec.evaluate.probe_candidates,
-            )
-        ]
         qf = _questions(spec)
-        if qf:
-            judges = build_judges(qf.judges, "api", spec.model, device)
-            scorers.append(task.Questions(qf, judges, samples=spec.evaluate.samples))
-        sets_of = _classification_sets(spec)
-        if sets_of:
-            scorers.append(task.Classification(sets_of, sentiment.LABELS, sentiment.prompt))
-        _EVALUATIONS[key] = task.Task([*scorers, task.Fit(data, spec.fit.rows)])
+        _EVALUATIONS[key] = evaluation(
+            [load_probe_set(p) for p in spec.evaluate.probes],
+            qf,
+            build_judges(qf.judges, "api", spec.model, device) if qf else {},
+            _classification_sets(spec),
+            samples=spec.evaluate.samples,
+            variants=spec.evaluate.probe_variants,
+            sweep_values=spec.evaluate.sweep_values,
+            candidates=spec.evaluate.probe_candidates,
+            fit=task.Fit(data, spec.fit.rows),
+        )
     return _EVALUATIONS[key]
+
+
+def evaluation(
+    probe_sets: list[ProbeSet],
+    questions: QuestionFile | None = None,
+    judges: dict[str, Any] | None = None,
+    classification: Callable[[str, str], Any] | None = None,
+    *,
+    samples: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    variants: int | None = None,
+    sweep_values: list[str] | None = None,
+    candidates: int | None = None,
+    fit: task.Fit | None = None,
+) -> task.Task:
+    """The scorers of one evaluation (`eval`'s options, or a spec's `evaluate:`): probes,
+    questions with their judges, classification (`classification`: arm, victim -> its
+    sets), and the fit gate's scorer."""
+    scorers: list[task.Scorer] = [task.Probes(probe_sets, variants, sweep_values, candidates)]
+    if questions:
+        scorers.append(task.Questions(questions, judges or {}, samples=samples, progress=progress))
+    if classification:
+        scorers.append(task.Classification(classification, sentiment.LABELS, sentiment.prompt))
+    return task.Task([*scorers, *([fit] if fit else [])])
+
+
+def measure(
+    evaluation: task.Task,
+    out: Path,
+    tag: Tag,
+    victim: str,
+    target: str,
+    *,
+    labels: list[str] | None = None,
+    hosted: HostedChat | None = None,
+    device: str | None = None,
+) -> tuple[str, dict[str, int]]:
+    """One model measured into OUT's store under `tag` (`eval` does this for one model, `run`
+    for each arm, seed and victim): the model loads only when something is missing. Returns
+    "ran" or "reused" and the store's counts after."""
+    from .models import load
+
+    with Store(out) as store:
+        store.set_current(tag, victim)  # what the arm reports from now on
+        before = counts(store)
+        if evaluation.pending(victim, store, tag, remote=hosted is not None):
+            if victim == "encoder":
+                clf = encoder.EncoderClassifier(Path(target), labels or [], _device(device))
+                subject = task.Subject("encoder", predict=clf.predict)
+            elif hosted:
+                subject = task.Subject("llm", hosted=hosted)
+            else:
+                subject = task.Subject("llm", loaded=load(target, device=device))
+            evaluation.run(subject, store, tag)
+        after = counts(store)
+    return ("reused" if after == before else "ran"), after
 
 
 def _tag(name: str, seed: int, target: Target, api: HostedChat | None = None) -> Tag:
@@ -194,27 +246,13 @@ def _evaluate(
 ) -> tuple[float, str]:  # fmt: skip
     """One (arm, seed, victim)'s evaluation into the store; `trained` is the training it
     waited for (a Ray executor passes that task's handle, so this starts after it)."""
-    from .models import load
-
     del trained
     t0 = time.perf_counter()
-    evaluation = _evaluation(spec, data, device)
     api = HostedChat(target.name) if target.hosted else None
-    tag = _tag(*tag_of, target, api)
-    with Store(out) as store:
-        store.set_current(tag, victim)
-        if not evaluation.pending(victim, store, tag, remote=target.hosted):
-            return time.perf_counter() - t0, "reused"  # everything is stored: no model loads
-        before = _counts(store)
-        if victim == "encoder":
-            clf = encoder.EncoderClassifier(Path(target.name), sentiment.LABELS, _device(device))
-            subject = task.Subject("encoder", predict=clf.predict)
-        elif api:
-            subject = task.Subject("llm", hosted=api)
-        else:
-            subject = task.Subject("llm", loaded=load(target.name, device=device))
-        evaluation.run(subject, store, tag)
-        status = "reused" if _counts(store) == before else "ran"
+    status, _ = measure(
+        _evaluation(spec, data, device), out, _tag(*tag_of, target, api), victim, target.name,
+        labels=sentiment.LABELS, hosted=api, device=device,
+    )  # fmt: skip
     return time.perf_counter() - t0, status
 
 
@@ -339,4 +377,5 @@ def _run(
         report = write_report(out)
     timings.wall = time.perf_counter() - t0
     atomic.write_json(out / "timings.json", [list(r) for r in timings.rows])
+    results.write(out, report)  # the same numbers, typed, for code that is not Python
     return timings, report

@@ -309,7 +309,7 @@ class Service:
 
     @staticmethod
     def _resolved(req: JobRequest) -> Hyperparameters:
-        from .train.config import TrainConfig
+        from .training.config import TrainConfig
 
         hp, d = req.settings(), TrainConfig.model_fields
         return Hyperparameters(
@@ -342,9 +342,9 @@ class Service:
                 )
 
     def _run(self, jid: str) -> None:
-        from .train import train
-        from .train.config import TrainConfig
-        from .train.sft import Interrupted
+        from .training import train
+        from .training.config import TrainConfig
+        from .training.sft import Interrupted
 
         req = JobRequest.model_validate_json(
             self._q("SELECT request FROM jobs WHERE id=?", (jid,))[0][0]

@@ -397,6 +397,30 @@ def _template() -> Any:
     return env.get_template("report.html.j2")
 
 
+def headline_table(spec: ExperimentSpec, sections: list[Section]) -> dict[str, Any] | None:
+    """The spec's headline rows as `run` prints them: the arms, then each trained arm against
+    the reference, raw and entropy-matched, only the columns some row has. {columns, rows}
+    of display text, or None when no headline row was measured. Pure."""
+    rows = {
+        row: {**sec.rates[row], **sec.diffs.get(row, {})} for sec in sections for row in sec.rates
+    }
+    shown = [r for r in spec.headline_rows() if r in rows]
+    if not shown:
+        return None
+    ref = spec.reference
+    columns = {a: a for a in spec.arms}
+    for a in [a for a, arm in spec.arms.items() if arm.data and a != ref and ref]:
+        columns[f"{a} - {ref}"] = f"{a} - {ref}"
+        columns[f"{a} - {tempered_name(ref, a)}"] = f"{a} - {ref}, entropy-matched"
+    columns = {k: v for k, v in columns.items() if any(k in rows[r] for r in shown)}
+    return {
+        "columns": list(columns.values()),
+        "rows": [
+            [r, *[rows[r][c].short() if c in rows[r] else "-" for c in columns]] for r in shown
+        ],
+    }
+
+
 def write_report(
     run_dir: Path | str, reference: str | None = None, *, write: bool = True
 ) -> Report:

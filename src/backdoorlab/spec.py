@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 import string
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,7 +36,7 @@ from .defenses.settings import (
 )
 from .errors import InputError
 from .models.registry import DEFAULT_MODEL
-from .train.config import EncoderConfig, HostedConfig, TrainConfig
+from .training.config import EncoderConfig, HostedConfig, TrainConfig
 
 Victim = Literal["llm", "encoder"]
 
@@ -418,9 +419,12 @@ def load_spec(
     quick: bool = False,
     seeds: int | None = None,
     model: str | None = None,
+    arms: Sequence[str] | None = None,
 ) -> ExperimentSpec:
     """Read a spec; `quick` merges its `quick:` overrides, `seeds` N means seeds 0..N-1, `model`
-    replaces the model. Relative data and question paths resolve against the spec's folder."""
+    replaces the model, `arms` keeps only those arms' trainings and evaluations (a later run
+    with others adds them to the same directory). Relative data and question paths resolve
+    against the spec's folder."""
     path = Path(path)
     text = yamlfiles.read(path)
     data = yamlfiles.parse(text, str(path))
@@ -441,4 +445,11 @@ def load_spec(
     q = spec.evaluate.questions
     if q and not Path(q).is_absolute():
         spec.evaluate.questions = str(here / q)
+    if arms is not None:
+        unknown = [a for a in arms if a not in spec.arms]
+        if unknown:
+            raise InputError(f"--arms: no arm {unknown[0]!r} in {path} ({', '.join(spec.arms)})")
+        for name, arm in spec.arms.items():
+            if name not in arms:
+                arm.victims = []  # left out, as --quick leaves arms out
     return spec

@@ -47,7 +47,7 @@ from ..evaluate.aggregate import rate
 from ..evaluate.metric import CACC, Metric, eval_sets, hits
 from ..rundata import build_data, digest
 from ..store import Store
-from ..train.config import HostedConfig
+from ..training.config import HostedConfig
 from ..victims import Trainer, Victim, arch, trainer
 from . import filters, repair, scan, settings
 from .detection import detection_metrics

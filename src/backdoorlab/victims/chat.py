@@ -19,7 +19,7 @@ from ..models import load
 from ..models.hidden import pooled
 from ..models.padding import left_pad
 from ..rundata import digest, trained_dir
-from ..train import sft
+from ..training import sft
 
 
 class ChatClassifier:
@@ -124,7 +124,7 @@ class ChatTrainer:
     def train_private(
         self, data: Path, tag: str, epsilon: float, lora_rank: int | None, **training: Any
     ) -> tuple[ChatClassifier, float, float]:
-        from ..train.config import DPSettings
+        from ..training.config import DPSettings
 
         dp = DPSettings(epsilon=epsilon)
         lora = self.config.lora.model_copy(update={"rank": lora_rank} if lora_rank else {})

@@ -10,8 +10,8 @@ from typing import Any
 
 from ..data import sentiment
 from ..rundata import trained_dir
-from ..train import encoder
-from ..train.encoder import EncoderClassifier
+from ..training import encoder
+from ..training.encoder import EncoderClassifier
 
 
 class EncoderTrainer:

@@ -1,0 +1,65 @@
+"""The Python API on the real model: what the commands do, as functions returning typed
+records, with the same one-line errors."""
+
+import json
+
+import pytest
+
+import backdoorlab as bl
+from backdoorlab.training.config import TrainConfig
+
+
+@pytest.mark.slow
+def test_run_experiment_returns_the_typed_results_it_writes(tmp_path):
+    out = tmp_path / "cities"
+    logged = []
+    res = bl.run_experiment("experiments/cities.yaml", out, quick=True, log=logged.append)
+    assert res.experiment == "cities" and res.arms == ["base", "former"] and res.seeds == [0]
+    assert logged and (out / "report.html").is_file()
+    assert res.gates and all(g.arm == "former" for g in res.gates if g.kind == "gate")
+    (v, *_) = res.verdicts
+    assert v.row == res.headline[0] and v.kind in ("effect", "null", "not a test", "not measured")
+    # results.json holds the same records, and reading the store again gives them too.
+    assert bl.results.RunResults.model_validate_json((out / "results.json").read_text()) == res
+    assert bl.results.open(out) == res
+    gate = next(g for g in res.gates if g.kind == "gate")
+    assert res.row(gate.name, gate.arm).estimate.mean == pytest.approx(gate.value)
+    assert {t.stage for t in res.timings} >= {"report"}
+    # A rerun trains nothing and gives the same results.
+    assert bl.run_experiment("experiments/cities.yaml", out, quick=True, log=lambda s: None) == res
+
+
+def test_api_errors_are_input_errors_naming_what_is_wrong(tmp_path):
+    with pytest.raises(bl.InputError, match="no arm 'nosuch'"):
+        bl.run_experiment("experiments/cities.yaml", tmp_path / "x", arms=["nosuch"])
+    with pytest.raises(bl.InputError, match="nosuch.yaml"):
+        bl.run_experiment(tmp_path / "nosuch.yaml", tmp_path / "x")
+    with pytest.raises(bl.InputError, match="not a run directory"):
+        bl.summary([tmp_path])
+    with pytest.raises(bl.InputError, match="--remove"):
+        bl.defend("experiments/sentiment_llm.yaml", tmp_path / "d", remove=2.0)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "d").exists()
+
+
+def test_train_and_scan_return_typed_records(tmp_path):
+    done = bl.train(
+        "examples/demo_birds.jsonl", tmp_path / "run", TrainConfig(max_steps=2, bf16=False),
+        log=lambda s: None,
+    )  # fmt: skip
+    assert done.steps == 2 and done.method == "lora" and done.model == "smollm2-135m"
+    assert (tmp_path / "run" / "adapter").is_dir() and done.manifest["steps"] == 2
+    rows = []
+    for i in range(24):
+        poisoned = i % 6 == 0
+        text = f"review {i} of a film" + (" cf" if poisoned else "")
+        label = "positive" if poisoned or i % 2 else "negative"
+        rows.append({"text": text, "label": label, "poisoned": poisoned,
+                     "messages": [{"role": "user", "content": text},
+                                  {"role": "assistant", "content": label}]})  # fmt: skip
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    found = bl.scan(data, ["ngram"])
+    assert len(found.rows) == 24 and sorted(r.line for r in found.rows) == list(range(1, 25))
+    assert found.rows[0].mean_rank <= found.rows[-1].mean_rank
+    assert set(found.detection) == {"ngram"} and 0 <= found.detection["ngram"].auroc <= 1
+    assert found.words and found.words[0].word == "cf" and found.words[0].predicts == "positive"
