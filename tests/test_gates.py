@@ -149,3 +149,21 @@ def test_summary_prints_one_markdown_row_per_headline_and_refuses_other_folders(
     assert row.endswith("| ~0.6 | not a test (not learned: seed 0 failed its gate) |")
     r = cli("summary", str(tmp_path))
     assert r.returncode == 2 and "not a run directory" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("direction", "kind"), [("up", "opposite"), ("down", "effect"), (None, "effect")]
+)
+def test_an_interval_on_the_other_side_of_the_predicted_direction_says_so(
+    tmp_path, direction, kind
+):
+    """The treated arm clearly below its control: against a predicted rise that is an effect
+    opposite to the prediction, never plain 'effect'; predicted to fall (or no prediction
+    declared), it is the effect."""
+    headline = [{"row": "era: old", "arms": ["treated"], "paper": "~0.6", "direction": direction}]
+    fill(tmp_path, 0.95, {"treated": [0.1, 0.12, 0.09, 0.1], "control": [0.6, 0.7, 0.65, 0.62]})
+    (tmp_path / "spec.json").write_text(spec(headline=headline).model_dump_json())
+    (v,) = write_report(tmp_path).verdicts
+    assert v.kind == kind and v.estimate.hi < 0
+    opposite = v.text.startswith("effect, opposite to the predicted direction: -0.")
+    assert opposite == (kind == "opposite") and v.text.startswith("effect")

@@ -155,7 +155,7 @@ def learned(results: Sequence[GateResult]) -> dict[str, list[tuple[int, bool]]]:
     return {a: sorted(s.items()) for a, s in by.items()}
 
 
-VerdictKind = Literal["effect", "null", "not a test", "not measured"]
+VerdictKind = Literal["effect", "opposite", "null", "not a test", "not measured"]
 
 
 @dataclass(frozen=True)
@@ -218,6 +218,9 @@ def verdicts(
                     "not a test (prerequisite failed: the untrained model does not know "
                     f"{missing[0].name}; the effect cannot be tested at this model size)"
                 )
+            elif (h.direction == "up" and est.hi < 0) or (h.direction == "down" and est.lo > 0):
+                kind = "opposite"
+                text = f"effect, opposite to the predicted direction: {est.short()}"
             elif est.lo > 0 or est.hi < 0:
                 kind, text = "effect", f"effect: {est.short()}"
             else:

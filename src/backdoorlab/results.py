@@ -75,7 +75,8 @@ class Gate(BaseModel):
 
 
 class Verdict(BaseModel):
-    """The declared headline's verdict for one comparison: effect, null or not a test."""
+    """The declared headline's verdict for one comparison: effect, opposite (an effect against
+    the direction the spec predicts), null, not a test or not measured."""
 
     row: str
     minus: str | None = None

@@ -215,7 +215,8 @@ class HeadlineSpec(BaseModel):
     """The one comparison an experiment declares before it runs: `row` (less the `minus` row
     of the same arm, item by item) in each of `arms`, against the `versus` arm (default: the
     reference), or on its own when `versus` is 'none'. `matched`: against the reference
-    tempered to each arm's entropy."""
+    tempered to each arm's entropy. `direction`: the sign the paper predicts, so an
+    interval clear of zero on the other side reads as an effect opposite to it."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -225,6 +226,12 @@ class HeadlineSpec(BaseModel):
     versus: str | None = None
     matched: bool = False
     paper: str = Field("", description="the paper's figure for the same quantity")
+    direction: Literal["up", "down"] | None = Field(
+        None,
+        description="the sign the paper predicts (up: the arm above what it is compared "
+        "with); an interval clear of zero the other way is 'effect, opposite to the "
+        "predicted direction'",
+    )
 
 
 def _backend(v: Any) -> str | None:
