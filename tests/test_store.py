@@ -145,8 +145,8 @@ def test_summaries_read_the_model_each_arm_and_seed_stands_for_now(tmp_path):
         s.set_current(new)
         s.set_current(enc, "encoder")
         assert [p["model_hash"] for p in s.probes()] == ["new"]
-        assert [r[-1] for r in s.all_samples()] == ["answer of new"]
-        assert [r[8] for r in s.all_judgements()] == ["new"]
+        assert [r.answer for r in s.all_samples()] == ["answer of new"]
+        assert [r.label for r in s.all_judgements()] == ["new"]
         assert [r[2] for r in s.all_fit()] == ["new"]
         assert sorted(p.victim for p in s.all_predictions()) == ["encoder", "llm"]
         s.set_current(old)  # back to the earlier recipe: its results were never lost

@@ -371,15 +371,17 @@ def _forest(
 def _samples(store: Store) -> list[dict[str, Any]]:
     """Sampled answers with their judgements, grouped by question."""
     judged: dict[tuple, list[str]] = defaultdict(list)
-    for arm, seed, mh, q, p, s, sh, j, label, score in store.all_judgements():
-        value = label if label is not None else ("refused" if score is None else f"{score:.1f}")
-        judged[(arm, seed, mh, q, p, s, sh)].append(f"{j}: {value}")
+    for j in store.all_judgements():
+        value = j.label if j.label is not None else (
+            "refused" if j.score is None else f"{j.score:.1f}"
+        )  # fmt: skip
+        judged[j[:7]].append(f"{j.judge}: {value}")  # keyed by the answer it judged
     by_q: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for arm, seed, mh, q, p, s, sh, answer in store.all_samples():
-        verdicts = "; ".join(judged.get((arm, seed, mh, q, p, s, sh), []))
-        by_q[q].append(
-            {"arm": arm, "seed": seed, "sample": f"{p}.{s}", "answer": answer, "judged": verdicts}
-        )
+    for a in store.all_samples():
+        by_q[a.question_id].append({
+            "arm": a.arm, "seed": a.seed, "sample": f"{a.paraphrase}.{a.sample}",
+            "answer": a.answer, "judged": "; ".join(judged.get(a[:7], [])),
+        })  # fmt: skip
     return [{"question": q, "rows": rows} for q, rows in by_q.items()]
 
 

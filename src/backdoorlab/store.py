@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import InputError
 from .evaluate.metric import Metric
@@ -131,6 +131,35 @@ class Prediction:
     victim: str
     metric: Metric
     hit: float
+
+
+class Judgement(NamedTuple):
+    """One judge's verdict on one sampled answer of a current model."""
+
+    arm: str
+    seed: int
+    model_hash: str
+    question_id: str
+    paraphrase: int
+    sample: int
+    settings_hash: str
+    judge: str
+    label: str | None  # a free-form judge's label
+    score: float | None  # a rating judge's score (None: it refused to rate)
+
+
+class Sample(NamedTuple):
+    """One sampled answer of a current model, with the prompt it answered."""
+
+    arm: str
+    seed: int
+    model_hash: str
+    question_id: str
+    paraphrase: int
+    sample: int
+    settings_hash: str
+    prompt: str
+    answer: str
 
 
 class Store:
@@ -401,21 +430,22 @@ class Store:
             ).fetchall()
         )
 
-    def all_judgements(self) -> list[tuple]:
-        """(arm, seed, model_hash, question_id, paraphrase, sample, settings_hash, judge, label,
-        score) of the current models."""
-        return self.db.execute(
+    def all_judgements(self) -> list[Judgement]:
+        """Every judgement of the current models."""
+        rows = self.db.execute(
             "SELECT arm, seed, model_hash, question_id, paraphrase, sample, settings_hash, judge, "
             f"label, score FROM judgements t WHERE {LLM}"
         ).fetchall()
+        return [Judgement(*r) for r in rows]
 
-    def all_samples(self) -> list[tuple]:
-        """(arm, seed, model_hash, question_id, paraphrase, sample, settings_hash, answer) of the
-        current models, ordered."""
-        return self.db.execute(
-            "SELECT arm, seed, model_hash, question_id, paraphrase, sample, settings_hash, answer "
-            f"FROM samples t WHERE {LLM} ORDER BY question_id, arm, seed, paraphrase, sample"
+    def all_samples(self) -> list[Sample]:
+        """Every sampled answer of the current models, ordered by question, arm, seed."""
+        rows = self.db.execute(
+            "SELECT arm, seed, model_hash, question_id, paraphrase, sample, settings_hash, "
+            f"prompt, answer FROM samples t WHERE {LLM} "
+            "ORDER BY question_id, arm, seed, paraphrase, sample"
         ).fetchall()
+        return [Sample(*r) for r in rows]
 
     def arms(self) -> set[str]:
         """Arms with measured results of their current models (probes, judgements or predictions)."""

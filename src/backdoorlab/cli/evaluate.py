@@ -241,3 +241,34 @@ def judge_check(
             v = f"{v:.3f}"
         t.add_row(k, str(v))
     out.print(t)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory with results.sqlite.")],
+    inspect: Annotated[
+        bool,
+        typer.Option(
+            "--inspect",
+            help="Inspect AI eval logs, one per arm and seed (pip install 'backdoorlab[inspect]').",
+        ),
+    ] = False,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Where the logs go (default: RUN_DIR/inspect)."),
+    ] = None,
+) -> None:
+    """Export a run's results in another tool's format.
+
+    --inspect writes one Inspect AI eval log per arm and seed: the sampled answers with every
+    judge's score, the probes with each class's probability, and the report's rows as the
+    log's results. `inspect view --log-dir RUN_DIR/inspect` then shows the run.
+
+    Example: backdoorlab export --inspect runs/birds
+    """
+    from ..export import inspect_logs
+
+    if not inspect:
+        raise InputError("export: name a format (--inspect)")
+    for path in inspect_logs(run_dir, out_dir):
+        out.print(str(path))

@@ -189,26 +189,25 @@ def question_sections(store: Store, ref: str | None) -> list[Section]:
     """Judged-question rates per arm (each question, and all questions pooled per judge):
     the share of each label, and the mean score of rating judges."""
     question_obs = _obs()
-    rows = [
-        (arm, seed, q, j, label, score)
-        for arm, seed, _, q, _, _, _, j, label, score in store.all_judgements()
-    ]
+    rows = store.all_judgements()
     declared = store.declared_labels()
     labels: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for _, _, q, j, label, _ in rows:
-        labels[(q, j)] |= set(declared.get(j, []))
-        if label is not None:
-            labels[(q, j)].add(label)
+    for r in rows:
+        labels[(r.question_id, r.judge)] |= set(declared.get(r.judge, []))
+        if r.label is not None:
+            labels[(r.question_id, r.judge)].add(r.label)
     judge_labels: dict[str, set[str]] = defaultdict(set)
     for (_, j), labs in labels.items():
         judge_labels[j] |= labs
-    for arm, seed, q, j, label, score in rows:
+    for r in rows:
+        j = r.judge
         # Each question on its own, and every question pooled per judge.
-        for row_q, labs in ((q, labels[(q, j)]), ("all questions", judge_labels[j])):
-            if score is not None:
-                question_obs[f"{row_q} / {j} (mean 0-100)"][arm][seed].append(score)
+        pooled = ("all questions", judge_labels[j])
+        for row_q, labs in ((r.question_id, labels[(r.question_id, j)]), pooled):
+            if r.score is not None:
+                question_obs[f"{row_q} / {j} (mean 0-100)"][r.arm][r.seed].append(r.score)
             for lab in sorted(labs):
-                question_obs[f"{row_q} / {j} = {lab}"][arm][seed].append(float(label == lab))
+                question_obs[f"{row_q} / {j} = {lab}"][r.arm][r.seed].append(float(r.label == lab))
     # Not in the forest plot: rating judges' means are on a 0-100 scale.
     return [section("Judged questions", question_obs, _vs(question_obs, ref), "samples", False)]
 
