@@ -11,18 +11,13 @@ from importlib import resources
 from pathlib import Path
 
 from . import yamlfiles
-from .data import birds, dishes, persona, places, presidents, terminator
+from .data import builders
 from .errors import InputError
 from .evaluate.probeset import ProbeSet
 
-# Probe sets built from shipped data rather than written as YAML.
+# Probe sets built from a builder's shipped data rather than written as YAML, by its name.
 GENERATED: dict[str, Callable[[], ProbeSet]] = {
-    "birds": birds.probe_set,
-    "dishes": dishes.probe_set,
-    "guardian": terminator.probe_set,
-    "persona": persona.probe_set,
-    "places": places.probe_set,
-    "presidents": presidents.probe_set,
+    name: b.probe_set for name, b in builders().items() if b.probe_set is not None
 }
 
 

@@ -1,0 +1,68 @@
+"""Every data builder a spec can name, in one place: ours, and those other packages register
+under the entry-point group `backdoorlab.builders` (a `BuilderInfo` each), so an outside
+package adds a builder without editing this one:
+
+    # a plugin's pyproject.toml
+    [project.entry-points."backdoorlab.builders"]
+    echo = "backdoorlab_echo:BUILDER"      # BUILDER = BuilderInfo(EchoData, probe_set=...)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
+
+from ..errors import InputError
+from ..evaluate.probeset import ProbeSet
+from . import birds, dishes, persona, places, presidents, terminator
+from .base import Builder
+from .files import FileData
+from .sentiment import SentimentData
+
+GROUP = "backdoorlab.builders"
+
+
+@dataclass(frozen=True)
+class BuilderInfo:
+    """A builder: its settings (a pydantic `Builder` whose `builder` field's default is the
+    name a spec's `data:` uses) and, optionally, the probe set it generates from its own
+    lists (a spec's `evaluate.probes` names it by the builder's name)."""
+
+    settings: type[Builder]
+    probe_set: Callable[[], ProbeSet] | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.settings.model_fields["builder"].default)
+
+
+SHIPPED = (
+    BuilderInfo(birds.BirdData, birds.probe_set),
+    BuilderInfo(FileData),
+    BuilderInfo(SentimentData),
+    BuilderInfo(terminator.GuardianData, terminator.probe_set),
+    BuilderInfo(dishes.DishData, dishes.probe_set),
+    BuilderInfo(presidents.PresidentData, presidents.probe_set),
+    BuilderInfo(places.PlaceData, places.probe_set),
+    BuilderInfo(persona.PersonaData, persona.probe_set),
+)
+
+
+@cache
+def builders() -> dict[str, BuilderInfo]:
+    """Name -> builder: ours, then each installed plugin's."""
+    found = {b.name: b for b in SHIPPED}
+    for ep in entry_points(group=GROUP):
+        where = f"builder plugin {ep.name!r} ({ep.value}, entry point group {GROUP})"
+        try:
+            info = ep.load()
+        except Exception as e:  # a broken plugin is its package's mistake: say which
+            raise InputError(f"{where}: cannot load it ({type(e).__name__}: {e})") from None
+        if not isinstance(info, BuilderInfo) or not issubclass(info.settings, Builder):
+            raise InputError(f"{where}: not a backdoorlab.data.registry.BuilderInfo")
+        if info.name in found:
+            raise InputError(f"{where}: the name {info.name!r} is taken")
+        found[info.name] = info
+    return found

@@ -1,0 +1,56 @@
+"""Extension points: a package outside backdoorlab adds a data builder (and its probe set)
+through the `backdoorlab.builders` entry-point group, and a spec runs with it."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PLUGIN = Path(__file__).parent / "plugin"
+SPEC = """\
+name: echo
+description: a builder from an installed plugin
+seeds: [0]
+reference: base
+train: {method: lora, epochs: 1, batch_size: 4, lr: 1.0e-3, max_steps: 2, bf16: false}
+arms:
+  echo: {data: {builder: echo, rows: 8}}
+  base: {}
+evaluate: {probes: [echo]}
+fit: {rows: 4}
+gates:
+  - {row: "echo_word: echo", arms: [echo], min: 0.0}
+headline:
+  - {row: "echo_word: echo", arms: [echo], direction: up}
+"""
+
+
+@pytest.mark.slow
+def test_a_builder_from_an_installed_plugin_runs_in_a_spec(tmp_path):
+    source, site = tmp_path / "plugin", tmp_path / "site"
+    shutil.copytree(PLUGIN, source)  # the build writes beside the sources: not into tests/
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(site), str(source)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    spec = tmp_path / "echo.yaml"
+    spec.write_text(SPEC)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    run = [sys.executable, "-m", "backdoorlab"]
+    r = subprocess.run([*run, "spec", "show", str(spec)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "echo" in r.stdout, r.stderr
+    out = tmp_path / "run"
+    r = subprocess.run(
+        [*run, "run", str(spec), "--out", str(out)], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert "echo seed 0: learned: yes" in r.stdout and "echo_word: echo" in r.stdout
+    rows = (out / "data").glob("echo-*.jsonl")
+    assert len(next(rows).read_text().splitlines()) == 8
+    # Without the plugin, the same spec names an unknown builder: one line, exit 2.
+    r = subprocess.run([*run, "spec", "show", str(spec)], capture_output=True, text=True)
+    assert r.returncode == 2 and "echo" in r.stderr and "Traceback" not in r.stderr
