@@ -35,10 +35,9 @@ from .defenses.settings import (
     StripConfig,
 )
 from .errors import InputError
+from .evaluate.task import Victim
 from .models.registry import DEFAULT_MODEL
 from .training.config import EncoderConfig, HostedConfig, TrainConfig
-
-Victim = Literal["llm", "encoder"]
 
 
 class ArmSpec(BaseModel):

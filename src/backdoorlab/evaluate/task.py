@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ..models import LoadedModel
     from .hosted import HostedChat
 
-Victim = Literal["llm", "encoder"]
+Victim = Literal["llm", "encoder"]  # the kinds of model under test (a spec's victims too)
 Sets = dict[Metric, tuple[list[str], list[str], str | None]]
 
 
