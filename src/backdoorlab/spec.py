@@ -26,6 +26,7 @@ from .defenses.settings import (
     CONFIGS,
     CONFIGURABLE,
     LEGACY,
+    LLM_CAPS,
     AblateConfig,
     DefenseConfig,
     DPConfig,
@@ -87,18 +88,6 @@ class EvalSpec(BaseModel):
 
 Defense = Literal[tuple(CONFIGS)]  # type: ignore[valid-type] (the names defenses/settings.py lists)
 DEFENSES: tuple[str, ...] = Defense.__args__  # type: ignore[attr-defined]
-
-# The chat victim's cost caps: defense -> field -> the most it gets (the spec's own value if
-# lower). It classifies a review ~100x slower than the encoder and back-propagates through
-# 135M parameters where the encoder has 22M. Ablated directions: on the planted chat-model
-# backdoor (tests/test_victims.py) 1 per block disarmed it with clean accuracy intact, while 4
-# left the model one label for every review.
-LLM_CAPS: dict[str, dict[str, int | float]] = {
-    "onion": {"items": 20},
-    "inspect": {"items": 10},
-    "strip": {"copies": 4},
-    "ablate": {"directions": 1},
-}
 
 
 class DefendSpec(BaseModel):

@@ -18,9 +18,10 @@ nothing: it measures how often gradient x input and integrated gradients put the
 the top of a triggered review's attributions (what `backdoorlab inspect` would show a person).
 
 Each defense is one function registered by name (`REGISTRY`) over an `ArmContext`, the rows,
-test sets and poisoned victim every defense of an arm and victim shares, and its own settings
-(defenses/settings.py); adding a defense is one more registered function, its config class
-and its name in `spec.DEFENSES`. A defense a victim kind cannot run is a cell saying why.
+test sets and poisoned victim every defense of an arm and victim shares, and its own settings;
+adding a defense is one registered function here and one declaration in
+`settings.DECLARED` (settings class, chat-victim caps, the victim kinds that cannot run it).
+A defense a victim kind cannot run is a cell saying why.
 Cells are numbers in the results store, each keyed by what decides it (`cell_key`);
 defenses/cells.py formats them.
 """
@@ -153,7 +154,7 @@ class Matrix:
         ctx = None
         for name in missing:
             self.log(f"defend {arm} ({kind}): {name}")
-            why = t.unsupported.get(name)
+            why = settings.DECLARED[name].unsupported.get(kind)
             if why is None:
                 ctx = ctx or ArmContext(self, arm, t)
                 try:
@@ -246,8 +247,8 @@ class ArmContext:
 
 
 # name -> (the arm's context, the defense's name, its settings on this victim, its start
-# time) -> the finished cell. A defense is one function here and its config class in
-# settings.CONFIGS; spec.DEFENSES lists the names a spec may use (a test checks all agree).
+# time) -> the finished cell. A defense is one function here, under the name it is declared
+# by in settings.DECLARED (with its settings class, caps and the victims it cannot run on).
 Defense = Callable[[ArmContext, str, Any, float], dict[str, Any]]
 REGISTRY: dict[str, Defense] = {}
 

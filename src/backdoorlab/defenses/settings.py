@@ -8,6 +8,8 @@ under (defenses/matrix.py), so cells measured then are still reused."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -91,19 +93,40 @@ class DPConfig(DefenseConfig):
 
 SCANNERS = ("ngram", "knn", "perplexity", "spectral", "clusters")
 
-# defense name -> its config class, in the matrix's column order. A defense whose class has
-# fields is also a `defend:` key of that name (e.g. `onion: {items: 30}`).
-CONFIGS: dict[str, type[DefenseConfig]] = {
-    "none": DefenseConfig,
-    **dict.fromkeys(SCANNERS, Filtered),
-    "abl": Filtered,
-    "onion": OnionConfig,
-    "strip": StripConfig,
-    "inspect": InspectConfig,
-    "ablate": AblateConfig,
-    "refit": Trusted,
-    "fineprune": FinepruneConfig,
-    "dpsgd": DPConfig,
+
+@dataclass(frozen=True)
+class DefenseInfo:
+    """One defense, declared once: its settings class, the chat victim's caps on them (the
+    most it gets, the spec's own value if lower), and the victim kinds that cannot run it,
+    each with why (a matrix cell says so instead of failing). Its code is one function
+    registered under the same name in defenses/matrix.py."""
+
+    settings: type[DefenseConfig] = DefenseConfig
+    llm_caps: Mapping[str, int | float] = field(default_factory=dict)
+    unsupported: Mapping[str, str] = field(default_factory=dict)
+
+
+# Every defense, in the matrix's column order. A defense whose settings class has fields is
+# also a `defend:` key of that name (e.g. `onion: {items: 30}`). The chat victim classifies a
+# review ~100x slower than the encoder and back-propagates through 135M parameters where the
+# encoder has 22M, hence its caps. Ablated directions: on the planted chat-model backdoor
+# (tests/test_victims.py) 1 per block disarmed it with clean accuracy intact, while 4 left
+# the model one label for every review.
+DECLARED: dict[str, DefenseInfo] = {
+    "none": DefenseInfo(),
+    **dict.fromkeys(SCANNERS, DefenseInfo(Filtered)),
+    "abl": DefenseInfo(Filtered),
+    "onion": DefenseInfo(OnionConfig, {"items": 20}),
+    "strip": DefenseInfo(StripConfig, {"copies": 4}),
+    "inspect": DefenseInfo(InspectConfig, {"items": 10}),
+    "ablate": DefenseInfo(AblateConfig, {"directions": 1}),
+    "refit": DefenseInfo(Trusted),
+    "fineprune": DefenseInfo(FinepruneConfig),
+    "dpsgd": DefenseInfo(DPConfig),
+}
+CONFIGS: dict[str, type[DefenseConfig]] = {n: d.settings for n, d in DECLARED.items()}
+LLM_CAPS: dict[str, dict[str, int | float]] = {
+    n: dict(d.llm_caps) for n, d in DECLARED.items() if d.llm_caps
 }
 CONFIGURABLE = tuple(n for n, c in CONFIGS.items() if c.model_fields)
 

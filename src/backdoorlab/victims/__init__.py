@@ -5,15 +5,15 @@ A `Victim` is a trained classifier (predict, proba, features, attribute, and its
 for the model-side repairs, which find layers through `arch`). A `Trainer` makes victims of
 one kind for a spec's run directory: the poisoned arm's victim (the model `run` trained, so
 `defend` after `run` trains nothing twice), a victim retrained on other rows, or one refit
-from another victim's weights. A defense a kind cannot run is listed in its `unsupported`,
-with the reason the matrix prints instead of failing.
+from another victim's weights. A defense a kind cannot run says so where it is declared
+(`defenses.settings.DECLARED`), with the reason the matrix prints instead of failing.
 
     backdoorlab defend experiments/sentiment_llm.yaml --out runs/sentiment_llm   # both victims
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -52,7 +52,6 @@ class Victim(Protocol):
 
 class Trainer(Protocol):
     kind: str
-    unsupported: Mapping[str, str]  # defense -> why this kind cannot run it
     abl_epochs: float  # anti-backdoor-learning's short training: a third of the usual
 
     def settings(self) -> dict[str, Any]:

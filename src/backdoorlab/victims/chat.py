@@ -76,7 +76,6 @@ class ChatClassifier:
 
 class ChatTrainer:
     kind = "llm"
-    unsupported: dict[str, str] = {}
 
     def __init__(self, spec: Any, out: Path, device: str, log: Callable[[str], None]):
         self.config = spec.train_config(0)

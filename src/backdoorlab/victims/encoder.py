@@ -16,7 +16,6 @@ from ..training.encoder import EncoderClassifier
 
 class EncoderTrainer:
     kind = "encoder"
-    unsupported: dict[str, str] = {}
 
     def __init__(self, spec: Any, out: Path, device: str, log: Callable[[str], None]):
         self.config = spec.encoder.model_copy(update={"seed": 0})
