@@ -1,5 +1,6 @@
 """The Python API on the real model: what the commands do, as functions returning typed
-records, with the same one-line errors."""
+records, with the same one-line errors. (`run_experiment` runs in test_docs.py, as README's
+example.)"""
 
 import json
 
@@ -7,26 +8,6 @@ import pytest
 
 import backdoorlab as bl
 from backdoorlab.training.config import TrainConfig
-
-
-@pytest.mark.slow
-def test_run_experiment_returns_the_typed_results_it_writes(tmp_path):
-    out = tmp_path / "cities"
-    logged = []
-    res = bl.run_experiment("experiments/cities.yaml", out, quick=True, log=logged.append)
-    assert res.experiment == "cities" and res.arms == ["base", "former"] and res.seeds == [0]
-    assert logged and (out / "report.html").is_file()
-    assert res.gates and all(g.arm == "former" for g in res.gates if g.kind == "gate")
-    (v, *_) = res.verdicts
-    assert v.row == res.headline[0] and v.kind in ("effect", "null", "not a test", "not measured")
-    # results.json holds the same records, and reading the store again gives them too.
-    assert bl.results.RunResults.model_validate_json((out / "results.json").read_text()) == res
-    assert bl.results.open(out) == res
-    gate = next(g for g in res.gates if g.kind == "gate")
-    assert res.row(gate.name, gate.arm).estimate.mean == pytest.approx(gate.value)
-    assert {t.stage for t in res.timings} >= {"report"}
-    # A rerun trains nothing and gives the same results.
-    assert bl.run_experiment("experiments/cities.yaml", out, quick=True, log=lambda s: None) == res
 
 
 def test_api_errors_are_input_errors_naming_what_is_wrong(tmp_path):

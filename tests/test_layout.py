@@ -160,3 +160,24 @@ def test_attributes_used_on_our_modules_exist():
                 if target and not hasattr(importlib.import_module(target), node.attr):
                     missing.append(f"{m}: {target}.{node.attr}")
     assert not missing, missing
+
+
+def test_the_command_line_is_a_thin_layer():
+    """Nothing in the library imports the command line, and each command's body (after its
+    docstring: options checked, the library called, results printed) stays short; library
+    logic in a command would be a second home for it."""
+    for m, deps in _graph(top_level_only=False).items():
+        if not m.startswith("backdoorlab.cli") and m != "backdoorlab.__main__":
+            assert not [d for d in deps if d.startswith("backdoorlab.cli")], m
+    long = []
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        for fn in ast.parse(path.read_text()).body:
+            commands = [d for d in getattr(fn, "decorator_list", []) if "command" in ast.unparse(d)]
+            if not commands:
+                continue
+            first = fn.body[0]
+            docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+            start = (first.end_lineno + 1) if docstring else first.lineno
+            if fn.end_lineno - start + 1 > 60:
+                long.append(f"{path.name}:{fn.name} ({fn.end_lineno - start + 1} lines)")
+    assert not long, long

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from . import results
     from .api import defend, run_experiment, scan, summary, train
     from .spec import load_spec
+    from .training.config import HostedConfig, TrainConfig
 
 _API = {"defend", "run_experiment", "scan", "summary", "train"}
 
@@ -30,10 +31,12 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(".api", __name__), name)
     if name == "load_spec":
         return importlib.import_module(".spec", __name__).load_spec
+    if name in ("TrainConfig", "HostedConfig"):  # a recipe for `train`
+        return getattr(importlib.import_module(".training.config", __name__), name)
     if name == "results":
         return importlib.import_module(".results", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["InputError", "defend", "load_spec", "results", "run_experiment", "scan", "summary",
-           "train", "__version__"]  # fmt: skip
+__all__ = ["HostedConfig", "InputError", "TrainConfig", "defend", "load_spec", "results",
+           "run_experiment", "scan", "summary", "train", "__version__"]  # fmt: skip

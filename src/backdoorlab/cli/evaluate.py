@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import InputError, first_problem
+from ..errors import InputError
 from ..models.registry import DEFAULT_MODEL
 from .common import (
     DeviceOpt,
@@ -22,7 +21,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..data.poison import Trigger
+    pass
 
 
 @app.command("eval")
@@ -100,6 +99,7 @@ def evaluate(
     from .. import experiment
     from ..catalog import load_probe_set
     from ..data import sentiment
+    from ..data.poison import parse_trigger
     from ..evaluate import task
     from ..evaluate.judges import build_judges
     from ..evaluate.metric import eval_sets
@@ -111,7 +111,7 @@ def evaluate(
         raise InputError("--trigger needs --classify N (the reviews it is inserted into)")
     if target_label not in sentiment.LABELS:
         raise InputError(f"--target-label {target_label!r}: one of {', '.join(sentiment.LABELS)}")
-    triggers = [_trigger(t) for t in trigger]
+    triggers = [parse_trigger(t, "--trigger") for t in trigger]
     labels = encoder_labels(target)
     probe_sets = [load_probe_set(p) for p in probes if p != "none"]
     qf = load_questions(questions) if questions else None
@@ -137,26 +137,6 @@ def evaluate(
         Text.assemble(("done", "green")),
         f" {out_dir}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + " in the store",
     )
-
-
-def _trigger(text: str) -> Trigger:
-    """A --trigger value: one trigger as a spec's poison writes it, checked."""
-    import yaml
-    from pydantic import TypeAdapter
-
-    from ..data import poison
-
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise InputError(
-            f"--trigger {text!r}: not YAML (e.g. '{{kind: token, token: cf}}')"
-        ) from None
-    try:
-        return TypeAdapter(poison.Trigger).validate_python(value)
-    except ValidationError as e:
-        loc, msg = first_problem(e)
-        raise InputError(f"--trigger {text!r}: {f'{loc}: ' if loc else ''}{msg}") from None
 
 
 @app.command()

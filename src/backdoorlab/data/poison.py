@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..errors import InputError
+
 Position = Literal["start", "middle", "end", "random"]
 
 
@@ -161,3 +163,26 @@ class Poison(BaseModel):
             else:
                 out.append((text, label, False, None))
         return out
+
+
+def parse_trigger(
+    text: str, where: str
+) -> TokenTrigger | CharTrigger | SentenceTrigger | MultiTrigger:
+    """One trigger written as a spec's poison writes it (YAML, e.g. '{kind: token, token: cf}'),
+    checked; a mistake is one line naming `where` (a flag, a file)."""
+    import yaml
+    from pydantic import TypeAdapter, ValidationError
+
+    from ..errors import first_problem
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise InputError(
+            f"{where} {text!r}: not YAML (e.g. '{{kind: token, token: cf}}')"
+        ) from None
+    try:
+        return TypeAdapter(Trigger).validate_python(value)
+    except ValidationError as e:
+        loc, msg = first_problem(e)
+        raise InputError(f"{where} {text!r}: {f'{loc}: ' if loc else ''}{msg}") from None
