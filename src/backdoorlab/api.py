@@ -234,7 +234,7 @@ def defend(
 
 
 class SummaryRow(BaseModel):
-    """One declared headline comparison, as README's summary table shows it."""
+    """One declared headline comparison, as the summary table (docs/results.md) shows it."""
 
     experiment: str
     learned: str  # gate values vs thresholds, seeds passing

@@ -169,7 +169,7 @@ def evaluation(
     classification: Callable[[str, str], Any] | None = None,
     *,
     samples: int | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] = lambda s: None,
     variants: int | None = None,
     sweep_values: list[str] | None = None,
     candidates: int | None = None,

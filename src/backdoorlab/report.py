@@ -234,7 +234,7 @@ SUMMARY_COLUMNS = (
 
 
 def summary_rows(name: str, report: Report) -> list[list[str]]:
-    """The README's table, one row per declared headline comparison: whether its arm learned
+    """The summary table (docs/results.md), one row per declared headline comparison: whether its arm learned
     (each gate's mean over seeds, its threshold, seeds passing), the estimate, the paper's
     figure, and the verdict. Pure: a function of the report's records."""
     by: dict[tuple[str, str, str], list[GateResult]] = defaultdict(list)

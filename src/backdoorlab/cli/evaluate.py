@@ -173,7 +173,7 @@ def summary(
         list[Path], typer.Argument(help="Run directories written by `backdoorlab run`.")
     ],
 ) -> None:
-    """One row per experiment's declared headline, as a Markdown table (what README shows):
+    """One row per experiment's declared headline, as a Markdown table (docs/results.md shows it):
     whether the treated arm learned (gate values vs thresholds), the headline with its 95%
     CI, the paper's figure, and the verdict (effect / null / not a test).
 

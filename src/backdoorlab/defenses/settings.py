@@ -73,7 +73,7 @@ class DPConfig(DefenseConfig):
         "embeddings, the chat model its spec's rank)",
     )
     # DP-SGD's noise per step shrinks as 1 / batch: at the chat recipe's batch of 4 it drowns
-    # the clipped gradient (README), so a fair DP cell sets its own batch, epochs and lr.
+    # the clipped gradient (docs/defenses.md), so a fair DP cell sets its own batch, epochs and lr.
     batch_size: int | None = Field(
         None, ge=1, description="expected rows per step (none: the victim's own batch size)"
     )
