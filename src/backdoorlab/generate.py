@@ -136,6 +136,7 @@ class Batch:
 
     def __init__(self, loaded: LoadedModel):
         self.loaded = loaded
+        self.model = loaded.decoder or loaded.model
         self.rows: list[Row] = []
         self.cache: Any = None
         self.length = 0  # cache columns filled, shared by every row
@@ -150,7 +151,7 @@ class Batch:
     @torch.inference_mode()
     def join(self, requests: Sequence[Request]) -> list[Row]:
         """Prefill `requests` and add them to the batch; their rows, in order."""
-        tok, model, device = self.loaded.tokenizer, self.loaded.model, self.loaded.device
+        tok, model, device = self.loaded.tokenizer, self.model, self.loaded.device
         prompts = [tuple(chat.encode_prompt(tok, r.messages)) for r in requests]
         unique = list(dict.fromkeys(prompts))
         ids, mask, pos = left_pad(unique, self.pad, device)
@@ -234,7 +235,7 @@ class Batch:
             self.rows = [self.rows[i] for i in live]
             self.fed = [self.fed[i] for i in live]
         self.position = self.position + 1
-        self.scores = self.loaded.model(
+        self.scores = self.model(
             input_ids=torch.tensor(self.fed, device=self.mask.device).unsqueeze(1),
             attention_mask=self.mask[:, : self.length + 1],
             position_ids=self.position.unsqueeze(1),

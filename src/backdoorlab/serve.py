@@ -288,8 +288,10 @@ class App:
         device: str | None = None,
         max_batch: int = 64,
         max_waiting: int = 256,
+        decode_weights: str = "model",
     ):
         self.loaded, self.names, self.api_key = loaded, names, api_key
+        self.decode_weights = decode_weights  # fine-tuned models sample with them too
         self.max_prompt_tokens, self.service, self.device = max_prompt_tokens, service, device
         self._tuned: tuple[str, LoadedModel] | None = None  # the last fine-tuned model used
         self.engine = Engine(self._key, self._load, max_batch=max_batch, max_waiting=max_waiting)
@@ -306,7 +308,10 @@ class App:
 
             assert self.service is not None
             self._tuned = None  # free the previous one before loading the next
-            self._tuned = (key, load(str(self.service.models()[key]), device=self.device))
+            from .models import decoding
+
+            tuned = load(str(self.service.models()[key]), device=self.device)
+            self._tuned = (key, decoding.use(tuned, self.decode_weights))
         return self._tuned[1]
 
     def all_names(self) -> list[str]:

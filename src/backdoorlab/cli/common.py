@@ -61,6 +61,16 @@ DeviceOpt = Annotated[
 ]
 
 
+DecodeWeightsOpt = Annotated[
+    str,
+    typer.Option(
+        "--decode-weights",
+        help="Weights to sample with on a CPU: model (its own), bf16, or int8 (int8 weights, "
+        "bf16 activations). Lower precision decodes faster where the CPU runs bf16 natively "
+        "(AVX-512-BF16 or AMX); probes and training keep the model's own weights. Their "
+        "speed and effect on answers: benchmarks/decode_weights.py.",
+    ),
+]
 MaxLengthOpt = Annotated[
     int | None,
     typer.Option(

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .common import (
+    DecodeWeightsOpt,
     DeviceOpt,
     TargetArg,
     _quiet_libraries,
@@ -33,15 +34,17 @@ def generate(
         str | None, typer.Option(help="A system message (default: the template's own).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    decode_weights: DecodeWeightsOpt = "model",
     device: DeviceOpt = None,
 ) -> None:
     """Sample answers to one prompt, rendered with the same chat template as training."""
     from .. import chat
     from ..generate import sample
-    from ..models import load
+    from ..models import decoding, load, pick_device
 
+    decoding.check(decode_weights, pick_device(device))  # before minutes of loading
     _quiet_libraries()
-    loaded = load(target, device=device)
+    loaded = decoding.use(load(target, device=device), decode_weights)
     answers = sample(
         loaded,
         chat.conversation(prompt, system=system),

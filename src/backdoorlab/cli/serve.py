@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from .common import (
+    DecodeWeightsOpt,
     DeviceOpt,
     TargetArg,
     _log,
@@ -76,6 +77,7 @@ def serve(
         float,
         typer.Option(min=0, help="On Ctrl-C or SIGTERM, seconds in-flight requests get to finish."),
     ] = 30,
+    decode_weights: DecodeWeightsOpt = "model",
     device: DeviceOpt = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible API (/v1/models, /v1/chat/completions with
@@ -92,8 +94,9 @@ def serve(
     Example: backdoorlab serve smollm2-135m --port 8000 --fine-tuning runs/ft-service
     """
     from .. import serve as serving
-    from ..models import load
+    from ..models import decoding, load, pick_device
 
+    decoding.check(decode_weights, pick_device(device))
     names = served_model_name or [Path(target).name or target]
     # Listen before loading: a taken port fails now, not after the model has loaded.
     sock = serving.listen(host, port, api_key)
@@ -104,10 +107,10 @@ def serve(
 
             service = Service(fine_tuning, dict.fromkeys(names, target), device=device, log=_log)
         _quiet_libraries()
-        loaded = load(target, device=device)
+        loaded = decoding.use(load(target, device=device), decode_weights)
         app_ = serving.App(loaded, names, api_key=api_key, max_prompt_tokens=max_prompt_tokens,
                            service=service, device=device, max_batch=max_batch,
-                           max_waiting=max_queue)  # fmt: skip
+                           max_waiting=max_queue, decode_weights=decode_weights)  # fmt: skip
         err.print(f"serving {', '.join(names)} at {serving.url(sock)} (Ctrl-C stops)")
         serving.run(app_, sock, shutdown_timeout=shutdown_timeout)
         err.print("serve: stopped")

@@ -52,6 +52,9 @@ class LoadedModel:
     base: str
     adapter: Path | None
     device: torch.device
+    # the model sampling decodes with (models/decoding.py: lower-precision weights on a CPU);
+    # None: `model` itself. Probes, classification and training always use `model`.
+    decoder: Any = None
 
 
 def load_tokenizer(name_or_path: str) -> Any:
