@@ -17,11 +17,13 @@ from . import atomic, executors, results, rundir
 from .catalog import load_probe_set
 from .data import sentiment
 from .data.sentiment import SentimentData
+from .errors import InputError
 from .evaluate import metric, task
 from .evaluate.hosted import HostedChat
 from .evaluate.judges import build_judges
 from .evaluate.probeset import ProbeSet
 from .evaluate.questions import LlmJudgeSpec, QuestionFile, load_questions
+from .models.loading import read_manifest
 from .report import Report, write_report
 from .rundata import build_data, trained_dir
 from .spec import ExperimentSpec
@@ -93,8 +95,8 @@ class Target(NamedTuple):
 
 def _classification_sets(spec: ExperimentSpec) -> Callable[[str, str], dict] | None:
     """(arm, victim) -> the texts each classification metric needs (None: no classification).
-    A poisoned arm is measured with its own trigger and its near miss; an arm without poison
-    with every trigger of the spec (the ASR floor)."""
+    A poisoned arm (and each later stage of it) is measured with its trigger and its near
+    miss; an arm without poison with every trigger of the spec (the ASR floor)."""
     ce = spec.evaluate.classification
     if ce is None:
         return None
@@ -109,8 +111,9 @@ def _classification_sets(spec: ExperimentSpec) -> Callable[[str, str], dict] | N
 
     def sets(arm: str, victim: str) -> dict:
         items = small if victim == "llm" else test
-        if arm in poisons:
-            return metric.eval_sets(items, [poisons[arm].trigger], ce.target)
+        planted = spec.root(arm) if arm in spec.arms else arm  # a later stage: its arm's trigger
+        if planted in poisons:
+            return metric.eval_sets(items, [poisons[planted].trigger], ce.target)
         return metric.eval_sets(items, every, ce.target, near_miss=False)
 
     return sets
@@ -228,9 +231,22 @@ def _tag(name: str, seed: int, target: Target, api: HostedChat | None = None) ->
     return Tag(arm=name, seed=seed, model_hash=ident)
 
 
-def _train_llm(data: Path, run_dir: Path, config, device, progress: bool, log) -> float:
+def _train_llm(
+    data: Path, run_dir: Path, config, device, progress: bool, log,
+    after: str | None = None, trained: float | None = None,
+) -> float:  # fmt: skip
+    """One arm's training; `after`: the run directory whose weights a later stage continues
+    (`trained`: that training, which a Ray executor passes so this starts after it)."""
+    del trained
     t0 = time.perf_counter()
-    sft.train(data, run_dir, config, resume=True, progress=progress, log=log, device=device)
+    init = None
+    if after is not None:
+        from .models import load
+
+        loaded = load(after, device=device)
+        init = (loaded.model, loaded.tokenizer, task.model_hash(after))
+    sft.train(data, run_dir, config, resume=True, progress=progress, log=log, device=device,
+              init=init)  # fmt: skip
     return time.perf_counter() - t0
 
 
@@ -282,7 +298,10 @@ def _run(
     # What each (arm, seed, victim) evaluates: a chat model, or an encoder directory; and the
     # training it needs first, submitted unless its run directory already holds it.
     remote = isinstance(spec.train, HostedConfig)
+    if remote and any(a.after for a in spec.arms.values()):
+        raise InputError("then: stages continue a model's weights here; not with backend: openai")
     targets: dict[tuple[str, int, str], Target] = {}
+    trained_dirs: dict[str, Path] = {}  # each arm's first seed's run (a stage's steps)
     trainings: dict[tuple[str, int, str], tuple[str, Any]] = {}
     for name, arm in spec.arms.items():
         for seed in spec.seeds:
@@ -292,8 +311,15 @@ def _run(
                     targets[(name, seed, "llm")] = Target(spec.model, remote)
                 continue
             if "llm" in victims:
-                config = spec.train_config(seed)
-                run_dir = trained_dir(out, "llm", name, seed, config.key_fields(), data[name])
+                config = spec.train_config(seed, name)
+                key_fields = config.key_fields()
+                parent = targets.get((arm.after, seed, "llm")) if arm.after else None
+                if arm.after and parent is None:
+                    raise InputError(f"arm {name!r} continues {arm.after!r}, which is not trained")
+                if parent is not None:  # a later stage: keyed by the weights it starts from
+                    key_fields |= {"after": Path(parent.name).name}
+                run_dir = trained_dir(out, "llm", name, seed, key_fields, data[name])
+                trained_dirs.setdefault(name, run_dir)
                 label = f"train {name} seed {seed}"
                 reused = (run_dir / "manifest.json").is_file()
                 if isinstance(config, HostedConfig):  # a job on the service: waited for here
@@ -306,9 +332,11 @@ def _run(
                 if reused:
                     timings.rows.append((label, 0.0, "reused"))
                     continue
-                log(f"{label} -> {run_dir}")
+                log(f"{label} -> {run_dir}" + (f" (after {arm.after})" if parent else ""))
+                before = trainings.get((arm.after, seed, "llm")) if parent else None
                 trainings[(name, seed, "llm")] = (label, ex.submit(
-                    _train_llm, data[name], run_dir, config, device, progress, log
+                    _train_llm, data[name], run_dir, config, device, progress, log,
+                    parent.name if parent else None, before[1] if before else None,
                 ))  # fmt: skip
             if "encoder" in victims:
                 config = spec.encoder.model_copy(update={"seed": seed})
@@ -325,8 +353,17 @@ def _run(
 
     evaluation = _evaluation(spec, data, device)
     with Store(out) as store:
-        for name, arm in spec.arms.items():
-            store.set_arm_info(name, arm.data.info() if arm.data else {})
+
+        def arm_info(name: str) -> dict[str, Any]:
+            arm = spec.arms[name]
+            info = arm.data.info() if arm.data else {}
+            manifest = read_manifest(trained_dirs[name]) if name in trained_dirs else None
+            if arm.after and manifest:  # where a stage sits on the persistence curve
+                info |= {"after": arm.after, "steps": manifest["steps"]}
+            return info
+
+        for name in spec.arms:
+            store.set_arm_info(name, arm_info(name))
         evaluations = []
         for (name, seed, victim), target in targets.items():
             label = f"evaluate {name} seed {seed}" + (" (encoder)" if victim == "encoder" else "")
@@ -345,6 +382,8 @@ def _run(
             evaluations.append((label, handle))
         for label, handle in trainings.values():
             timings.rows.append((label, ex.result(handle), "ran"))
+        for name in spec.arms:
+            store.set_arm_info(name, arm_info(name))  # stages trained just now: their steps
         for label, handle in evaluations:
             seconds, status = ex.result(handle)
             timings.rows.append((label, seconds, status))

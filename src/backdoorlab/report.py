@@ -368,6 +368,56 @@ def _forest(
     return _png(fig), note
 
 
+def _persistence_plot(
+    spec: ExperimentSpec, sections: list[Section], verdicts: list[Verdict], info: dict
+) -> str | None:
+    """For each arm with `then:` stages: the declared headline's estimate and the arm's gate
+    rows (95% CIs) after its own training and after each stage, against the steps of later
+    training (a backdoor that persists stays level; one that fades falls)."""
+    chains = [spec.stages(a) for a, arm in spec.arms.items() if arm.after is None]
+    chains = [c for c in chains if len(c) > 1]
+    if not chains:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = {row: by_arm for sec in sections for row, by_arm in sec.rates.items()}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+
+    def draw(ax: Any, x: list[int], est: list[Any], color: str, label: str) -> None:
+        pts = [(xi, e) for xi, e in zip(x, est, strict=True) if e is not None]
+        if pts:
+            ax.errorbar(
+                [p for p, _ in pts], [e.mean for _, e in pts],
+                yerr=[[max(0, e.mean - e.lo) for _, e in pts], [max(0, e.hi - e.mean) for _, e in pts]],
+                fmt="o-", color=color, capsize=3, label=textwrap.shorten(label, 50),
+            )  # fmt: skip
+
+    for k, chain in enumerate(chains):
+        x = [0]
+        for arm in chain[1:]:
+            x.append(x[-1] + int(info.get(arm, {}).get("steps", 0)))
+        est = [next((v.estimate for v in verdicts if v.arm == a and v.estimate), None)
+               for a in chain]  # fmt: skip
+        draw(axes[0], x, est, f"C{k}", chain[0])
+        rows = [r for g in spec.gates if chain[0] in g.arms for r in g.rows()]
+        for j, row in enumerate(dict.fromkeys(rows)):
+            draw(axes[1], x, [rates.get(row, {}).get(a) for a in chain], f"C{k + j}",
+                 f"{chain[0]}: {row}")  # fmt: skip
+    first = spec.headlines()[0].row if spec.headlines() else "headline"
+    axes[0].set_title(textwrap.shorten(f"declared headline: {first}", 60), fontsize=9)
+    axes[1].set_title("the arm's gate rows", fontsize=9)
+    for ax in axes:
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_xlabel("steps of later training")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _samples(store: Store) -> list[dict[str, Any]]:
     """Sampled answers with their judgements, grouped by question."""
     judged: dict[tuple, list[str]] = defaultdict(list)
@@ -459,7 +509,10 @@ def write_report(
         ]
         fit = store.all_fit()
         store_cells = store.latest_defense_cells()
+        info = store.arm_info()
     results, verdicts = assess(spec, sections, fit, reference)
+    if spec and (png := _persistence_plot(spec, sections, verdicts, info)):
+        figures.append({"title": "Persistence: after each later training stage", "png": png})
     report = Report(run_dir / "report.html", sections, results, verdicts, gates.fit_summary(fit))
     shown = [*spec.headline_rows(), *(r for g in spec.gates for r in g.rows())] if spec else []
     forest, forest_note = _forest(sections, ref, shown, in_domain_rows(spec, sections))

@@ -41,6 +41,20 @@ from .models.registry import DEFAULT_MODEL
 from .training.config import EncoderConfig, HostedConfig, TrainConfig
 
 
+class StageSpec(BaseModel):
+    """A later training of an arm's model on other data (persistence: does a backdoor survive
+    the clean training that follows?). It becomes the arm ARM+NAME, trained from the previous
+    stage's weights and measured like any arm."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.%-]+$")
+    data: DataSpec = Field(description="what this stage trains on (clean task data, a file)")
+    train: dict[str, Any] = Field(
+        {}, description="overrides of the spec's train: settings (e.g. max_steps, lr)"
+    )
+
+
 class ArmSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -48,6 +62,13 @@ class ArmSpec(BaseModel):
     victims: list[Victim] | None = Field(
         None, description="default: the spec's victims; [] leaves the arm out of training"
     )
+    then: list[StageSpec] = Field(
+        [], description="later trainings of this arm's model, each measured as arm ARM+NAME"
+    )
+    after: str | None = Field(
+        None, description="the arm whose trained model this arm's training continues (a stage)"
+    )
+    train: dict[str, Any] = Field({}, description="overrides of the spec's train: settings")
 
 
 class ClassificationEval(BaseModel):
@@ -275,6 +296,32 @@ class ExperimentSpec(BaseModel):
         return train.model_dump(exclude={"model", "seed"})
 
     @model_validator(mode="after")
+    def _stages(self) -> ExperimentSpec:
+        """Each arm's `then:` stages as arms of their own (ARM+NAME, each after the one
+        before), named wherever a headline names the arm: measured after each stage. Gates
+        stay on the arm itself: they ask whether the backdoor was planted, and a stage where
+        it faded is a result, not a failed test."""
+        for name, arm in list(self.arms.items()):
+            before = name
+            for stage in arm.then:
+                staged = f"{name}+{stage.name}"
+                if staged in self.arms and self.arms[staged].after != before:
+                    raise ValueError(f"arms.{name}.then: {staged!r} is already an arm")
+                self.arms[staged] = ArmSpec(
+                    data=stage.data, after=before, train=stage.train,
+                    victims=["llm"] if "llm" in self.victims_of(name) else [],
+                )  # fmt: skip
+                for h in self.headlines():
+                    if h.arms and name in h.arms and staged not in h.arms:
+                        h.arms.append(staged)
+                before = staged
+            arm.then = []  # expanded: spec.json holds the stage arms themselves
+        for name, arm in self.arms.items():
+            if arm.after is not None and (arm.after not in self.arms or arm.data is None):
+                raise ValueError(f"arms.{name}.after: {arm.after!r} is not a trained arm")
+        return self
+
+    @model_validator(mode="after")
     def _check(self) -> ExperimentSpec:
         if self.reference is not None and self.reference not in self.arms:
             raise ValueError(f"reference {self.reference!r} is not one of the arms")
@@ -316,8 +363,24 @@ class ExperimentSpec(BaseModel):
             return list(h.arms)
         return [a for a, arm in self.arms.items() if arm.data and a != self.reference]
 
-    def train_config(self, seed: int) -> TrainConfig | HostedConfig:
-        return self.train.model_copy(update={"model": self.model, "seed": seed})
+    def train_config(self, seed: int, arm: str | None = None) -> TrainConfig | HostedConfig:
+        """The recipe of `arm` (its own `train:` overrides on the spec's) at `seed`."""
+        own = self.arms[arm].train if arm else {}
+        config = self.train.model_validate({**self.train.model_dump(), **own})
+        return config.model_copy(update={"model": self.model, "seed": seed})
+
+    def root(self, arm: str) -> str:
+        """The arm whose training a stage (or a chain of them) continues; an arm's own name."""
+        while (before := self.arms[arm].after) is not None:
+            arm = before
+        return arm
+
+    def stages(self, arm: str) -> list[str]:
+        """`arm` and the arms that continue its training, in order."""
+        chain = [arm]
+        while nxt := [n for n, a in self.arms.items() if a.after == chain[-1]]:
+            chain.append(nxt[0])
+        return chain
 
     def victims_of(self, arm: str) -> list[str]:
         own = self.arms[arm].victims
@@ -444,7 +507,11 @@ def load_spec(
         unknown = [a for a in arms if a not in spec.arms]
         if unknown:
             raise InputError(f"--arms: no arm {unknown[0]!r} in {path} ({', '.join(spec.arms)})")
+        keep = set(arms)
+        for name in arms:  # a later stage needs the arms whose weights it continues
+            while (name := spec.arms[name].after) is not None:
+                keep.add(name)
         for name, arm in spec.arms.items():
-            if name not in arms:
+            if name not in keep:
                 arm.victims = []  # left out, as --quick leaves arms out
     return spec
