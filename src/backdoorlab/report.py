@@ -406,8 +406,9 @@ def _persistence_plot(
         for j, row in enumerate(dict.fromkeys(rows)):
             draw(axes[1], x, [rates.get(row, {}).get(a) for a in chain], f"C{k + j}",
                  f"{chain[0]}: {row}")  # fmt: skip
-    first = spec.headlines()[0].row if spec.headlines() else "headline"
-    axes[0].set_title(textwrap.shorten(f"declared headline: {first}", 60), fontsize=9)
+    h = spec.headlines()[0] if spec.headlines() else None
+    first = "headline" if h is None else h.row if h.minus is None else f"({h.row}) - ({h.minus})"
+    axes[0].set_title(textwrap.shorten(f"declared headline: {first}", 90), fontsize=9)
     axes[1].set_title("the arm's gate rows", fontsize=9)
     for ax in axes:
         ax.axhline(0, color="black", linewidth=0.6)
