@@ -197,6 +197,9 @@ class Report:
     gates: list[GateResult] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
     fit: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
+    spec: ExperimentSpec | None = None
+    in_domain: set[str] = field(default_factory=set)  # rows drawn beside the gates
+    defense_cells: list[dict[str, Any]] = field(default_factory=list)  # as stored
 
 
 def run_spec(run_dir: Path) -> ExperimentSpec | None:
@@ -489,7 +492,9 @@ def write_report(
         raise InputError(f"{path}: empty (0 bytes), not a results store; nothing written")
     with Store(run_dir, readonly=not write) as store:
         measured = store.arms()
-        if not (measured or store.all_fit() or store.latest_defense_cells()):
+        fit = store.all_fit()
+        store_cells = store.latest_defense_cells()
+        if not (measured or fit or store_cells):
             raise InputError(f"{store.path}: holds no results; nothing to report")
         if reference is not None and reference not in measured:
             raise InputError(
@@ -508,15 +513,16 @@ def write_report(
             )
             if png
         ]
-        fit = store.all_fit()
-        store_cells = store.latest_defense_cells()
         info = store.arm_info()
     results, verdicts = assess(spec, sections, fit, reference)
     if spec and (png := _persistence_plot(spec, sections, verdicts, info)):
         figures.append({"title": "Persistence: after each later training stage", "png": png})
-    report = Report(run_dir / "report.html", sections, results, verdicts, gates.fit_summary(fit))
+    report = Report(
+        run_dir / "report.html", sections, results, verdicts, gates.fit_summary(fit), spec,
+        in_domain_rows(spec, sections), store_cells,
+    )  # fmt: skip
     shown = [*spec.headline_rows(), *(r for g in spec.gates for r in g.rows())] if spec else []
-    forest, forest_note = _forest(sections, ref, shown, in_domain_rows(spec, sections))
+    forest, forest_note = _forest(sections, ref, shown, report.in_domain)
     defenses = None
     if store_cells:
         from .defenses.cells import table

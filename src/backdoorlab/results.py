@@ -20,8 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import atomic
 from .errors import InputError
 from .evaluate.aggregate import Estimate
-from .report import Report, in_domain_rows, run_spec, write_report
-from .store import Store
+from .report import Report, write_report
 
 FILENAME = "results.json"
 VERSION = 1
@@ -149,11 +148,9 @@ class RunResults(BaseModel):
 
 
 def of_report(run_dir: Path | str, report: Report) -> RunResults:
-    """RunResults from a report `write_report` built (pure but for reading the timings and
-    the defense cells)."""
+    """RunResults from a report `write_report` built (pure but for reading the timings)."""
     run_dir = Path(run_dir)
-    spec = run_spec(run_dir)
-    in_domain = in_domain_rows(spec, report.sections)
+    spec, in_domain = report.spec, report.in_domain
     rows = []
     for sec in report.sections:
         for name, by_col in (*sec.rates.items(), *sec.diffs.items()):
@@ -181,8 +178,6 @@ def of_report(run_dir: Path | str, report: Report) -> RunResults:
                     )  # fmt: skip
                 )
 
-    with Store(run_dir, readonly=True) as store:
-        cells = store.latest_defense_cells()
     timings_file = run_dir / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.is_file() else []
     return RunResults(
@@ -198,7 +193,7 @@ def of_report(run_dir: Path | str, report: Report) -> RunResults:
             Verdict(**{**vars(v), "estimate": Interval.of(v.estimate)}) for v in report.verdicts
         ],
         rows=rows,
-        defense_cells=[DefenseCell.model_validate(c) for c in cells],
+        defense_cells=[DefenseCell.model_validate(c) for c in report.defense_cells],
         timings=[Timing(stage=s, seconds=t, status=st) for s, t, st in timings],
     )
 
