@@ -130,8 +130,56 @@ def cli_reference() -> str:
     return "\n".join(out)
 
 
+def _num(x: float | None, places: int = 2) -> str:
+    return "-" if x is None else f"{x:.{places}f}"
+
+
+def audit_validation() -> str:
+    """The audit's validation table, from the audits committed as docs/runs/*/audit.json."""
+    from backdoorlab.auditing import AuditResult
+    from backdoorlab.auditing.validate import pooled
+
+    done = {
+        path.parent.name: AuditResult.model_validate_json(path.read_text())
+        for path in sorted(DOCS.glob("runs/*/audit.json"))
+    }
+    out = [
+        "# Audit validation",
+        "",
+        GENERATED.replace("the code", "docs/runs/*/audit.json"),
+        "",
+        "Each estimator's predictions against the realized shifts of the run that trained on the",
+        "audited data (the trained arm minus the run's reference, per free probe row). Rank",
+        "correlation: Spearman over all rows and over the out-of-domain rows; AUROC: whether",
+        "|prediction| ranks the rows whose realized 95% interval excludes zero above the others;",
+        "sign: the share of those effect rows whose predicted sign is right; cost: the",
+        "estimator's seconds over the arm's training seconds. How each audit was made is in",
+        "[the audit page](../audit.md).",
+        "",
+        "| experiment | estimator | rows | rank corr. | out of domain | effect rows | AUROC "
+        "| sign | cost |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    names = list(dict.fromkeys(e for r in done.values() for e in r.estimators))
+    lines = [
+        (exp, c)
+        for exp, r in done.items()
+        if r.validation is not None
+        for c in r.validation.checks
+    ]
+    lines += [("pooled", pooled(list(done.values()), name)) for name in names]
+    for exp, c in lines:
+        out.append(
+            f"| {exp} | {c.estimator} | {c.rows} | {_num(c.spearman)} | "
+            f"{_num(c.spearman_out_of_domain)} | {c.effects} | {_num(c.auroc)} | "
+            f"{_num(c.sign)} | {_num(c.cost, 3)} |"
+        )
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     pages = {
+        "reference/audit-validation.md": audit_validation(),
         "reference/spec.md": spec_reference(),
         "reference/cli.md": cli_reference(),
         "benchmarks.md": "\n".join(

@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from . import results
     from .api import defend, run_experiment, scan, summary, train
+    from .auditing import audit
     from .spec import load_spec
     from .training.config import HostedConfig, TrainConfig
 
@@ -35,8 +36,10 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(".training.config", __name__), name)
     if name == "results":
         return importlib.import_module(".results", __name__)
+    if name == "audit":  # predicted effects of a data set before training
+        return importlib.import_module(".auditing", __name__).audit
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["HostedConfig", "InputError", "TrainConfig", "defend", "load_spec", "results",
+__all__ = ["HostedConfig", "InputError", "TrainConfig", "audit", "defend", "load_spec", "results",
            "run_experiment", "scan", "summary", "train", "__version__"]  # fmt: skip

@@ -439,7 +439,8 @@ def _samples(store: Store) -> list[dict[str, Any]]:
     return [{"question": q, "rows": rows} for q, rows in by_q.items()]
 
 
-def _template() -> Any:
+def template(name: str = "report.html.j2") -> Any:
+    """A page template of ours (report, audit), escaping everything it is given."""
     import jinja2
 
     env = jinja2.Environment(
@@ -450,7 +451,7 @@ def _template() -> Any:
         lstrip_blocks=True,
     )
     env.globals["arms_of"] = lambda summary: sorted({a for r in summary.values() for a in r})
-    return env.get_template("report.html.j2")
+    return env.get_template(name)
 
 
 def headline_table(spec: ExperimentSpec, sections: list[Section]) -> dict[str, Any] | None:
@@ -528,7 +529,7 @@ def write_report(
         from .defenses.cells import table
 
         defenses = table(store_cells)
-    page = _template().render(
+    page = template().render(
         name=run_dir.name,
         title=f"{spec.name}: backdoorlab report" if spec else f"backdoorlab report: {run_dir.name}",
         question=spec.description if spec else "",

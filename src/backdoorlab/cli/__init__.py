@@ -2,7 +2,7 @@
 library (`backdoorlab.api` and the modules below it) and prints; `common` holds the app and
 `main`. Importing the package registers every command, in the order `--help` lists them."""
 
-from . import run, train, evaluate, defend, sample, serve, models, data  # noqa: F401, I001
+from . import run, train, evaluate, defend, audit, sample, serve, models, data  # noqa: F401, I001
 from .common import app, main
 
 __all__ = ["app", "main"]

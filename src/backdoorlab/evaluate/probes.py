@@ -22,19 +22,26 @@ from .. import chat
 from .probeset import Probe, ProbeResult
 
 
+def _messages(probe: Probe, history: Sequence[chat.Message]) -> list[chat.Message]:
+    """The probe's conversation with `history` (earlier turns) after its system message."""
+    msgs = probe.messages()
+    return [*msgs[:-1], *chat.plain_messages(history), msgs[-1]]
+
+
 def _candidate_ids(
-    tokenizer: Any, probe: Probe, cands: Sequence[str]
+    tokenizer: Any, probe: Probe, cands: Sequence[str], history: Sequence[chat.Message] = ()
 ) -> tuple[list[list[int]], int]:
     """Token ids of each conversation through the answer's end-of-turn token
     (`chat.encode_answer`), and where the rows start to differ."""
     if len(probe.variants()) != 1:
         raise ValueError(f"probe {probe.id} has several variants: score each of .variants()")
     (probe,) = probe.variants()
+    messages = _messages(probe, history)
     rows = []
     for c in cands:
         answer = f"{probe.prefix}{c}{probe.suffix}"
-        rows.append(chat.encode_answer(tokenizer, probe.messages(), answer)[0])
-    shared = len(chat.encode_prompt(tokenizer, probe.messages()))
+        rows.append(chat.encode_answer(tokenizer, messages, answer)[0])
+    shared = len(chat.encode_prompt(tokenizer, messages))
     while all(len(r) > shared + 1 for r in rows) and len({r[shared] for r in rows}) == 1:
         shared += 1
     return rows, shared
@@ -79,7 +86,14 @@ def _tree_mask(parents: list[int], shared: int, dtype: torch.dtype, device) -> t
 
 
 @torch.inference_mode()
-def score(model: Any, tokenizer: Any, probe: Probe, *, chunk: int = 512) -> ProbeResult:
+def score(
+    model: Any,
+    tokenizer: Any,
+    probe: Probe,
+    *,
+    chunk: int = 512,
+    history: Sequence[chat.Message] = (),
+) -> ProbeResult:
     """Exact candidate log-probabilities for one probe.
 
     The prompt runs once; then the candidates' tokens, deduplicated as a trie (the years
@@ -88,10 +102,11 @@ def score(model: Any, tokenizer: Any, probe: Probe, *, chunk: int = 512) -> Prob
     (331 candidates) this feeds 371 tokens instead of 1,324 and took 1.6 s here, against
     5.4 s for a batch of all candidates over a replicated prompt cache
     (benchmarks/probe_speed.py measures it against the naive and sampling baselines).
+    `history`: earlier turns of the conversation, after the probe's system message.
     """
     pairs = probe.candidates()
     classes, cands = [p[0] for p in pairs], [p[1] for p in pairs]
-    rows, shared = _candidate_ids(tokenizer, probe, cands)
+    rows, shared = _candidate_ids(tokenizer, probe, cands, history)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     # Only the prompt's last position predicts a candidate token: the head runs there alone.
@@ -124,6 +139,54 @@ def score(model: Any, tokenizer: Any, probe: Probe, *, chunk: int = 512) -> Prob
                 totals[i] += (logits[node, target] - lse[node]).sum().item()
         logprobs += totals
     return ProbeResult(probe.id, cands, classes, logprobs)
+
+
+def logprobs(model: Any, tokenizer: Any, probe: Probe) -> torch.Tensor:
+    """The candidates' log-probabilities (normalized over the candidates, in
+    `probe.candidates()` order) as one differentiable tensor: the prompt and the candidate
+    trie in a single packed forward pass, so no cache is copied and gradients reach the
+    weights (the audit's first-order estimator). `score` is the faster path without them."""
+    pairs = probe.candidates()
+    rows, shared = _candidate_ids(tokenizer, probe, [p[1] for p in pairs])
+    suffixes = [r[shared:] for r in rows]
+    tokens, positions, parents, readers = _trie(suffixes, shared)
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    n = shared + len(tokens)
+    low = torch.finfo(dtype).min
+    mask = torch.full((n, n), low, dtype=dtype)
+    causal = torch.ones(shared, shared, dtype=torch.bool).tril()
+    mask[:shared, :shared] = torch.where(causal, 0.0, low)  # the prompt: causal
+    mask[shared:] = _tree_mask(parents, shared, dtype, "cpu")[0, 0]
+    logits = (
+        model(
+            input_ids=torch.tensor([rows[0][:shared] + tokens], device=device),
+            position_ids=torch.tensor([list(range(shared)) + positions], device=device),
+            attention_mask=mask[None, None].to(device),
+            use_cache=False,
+        )
+        .logits[0]
+        .float()
+    )
+    lp = logits.log_softmax(-1)
+    totals = []
+    for s, path in zip(suffixes, readers, strict=True):
+        t = lp[shared - 1, s[0]]
+        if path:
+            node = torch.tensor(path, dtype=torch.long, device=device) + shared
+            t = t + lp[node, torch.tensor(s[1:], device=device)].sum()
+        totals.append(t)
+    return torch.stack(totals).log_softmax(0)
+
+
+def class_masses(probe: Probe, logprobs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each class's share of the candidates' probability (differentiable)."""
+    p = logprobs.softmax(0)
+    names = [c for c, _ in probe.candidates()]
+    return {
+        c: p[torch.tensor([i for i, n in enumerate(names) if n == c], device=p.device)].sum()
+        for c in dict.fromkeys(names)
+    }
 
 
 @torch.inference_mode()

@@ -88,6 +88,24 @@ def _row(probe_id: str) -> str:
     return f"{key[0]} @ {key[1]}" if key else probe_id
 
 
+def shared_classes(classes_of: dict[str, list[str]]) -> set[str]:
+    """Class names that several ordinary probes have (probe id -> its classes): each gets a
+    row pooling them."""
+    probes_of: dict[str, set[str]] = defaultdict(set)
+    for pid, classes in classes_of.items():
+        if not sweep_key(pid):
+            for cls in classes:
+                probes_of[cls].add(pid)
+    return {cls for cls, ids in probes_of.items() if len(ids) > 1}
+
+
+def mass_rows(probe_id: str, cls: str, shared: set[str]) -> list[str]:
+    """The rows a probe's class mass is an observation of: the probe's own (a sweep probe's
+    group at its value), and "pooled: CLASS" for an ordinary probe's shared class name."""
+    pooled = [f"pooled: {cls}"] if cls in shared and not sweep_key(probe_id) else []
+    return [f"{_row(probe_id)}: {cls}", *pooled]
+
+
 def probe_sections(store: Store, ref: str | None) -> list[Section]:
     """Class masses per probe (each phrasing and prefix is one observation per seed), mean
     year and entropy, and the entropy-matched control: for every arm A, each of the
@@ -104,27 +122,24 @@ def probe_sections(store: Store, ref: str | None) -> list[Section]:
     def trained(arm: str, group: str) -> set[str]:
         return set(info.get(arm, {}).get("trained", {}).get(group, []))
 
-    probes_of: dict[str, set[str]] = defaultdict(set)
-    for p, r in results:
-        if not sweep_key(p["probe_id"]):
-            for cls in r.classes:
-                probes_of[cls].add(p["probe_id"])
-    shared = {cls for cls, ids in probes_of.items() if len(ids) > 1}
+    classes_of = {p["probe_id"]: r.classes for p, r in results}
+    shared = shared_classes(classes_of)
 
     sweep_keys: dict[str, RowKey] = {}
     mass_keys: dict[str, RowKey] = {}
 
     def add_mass(into: Obs, pid: str, cls: str, arm: str, seed: int, m: float) -> None:
-        row = f"{_row(pid)}: {cls}"
+        row, *pooled = mass_rows(pid, cls, shared)
         into[row][arm][seed].append(m)
         key = sweep_key(pid)
         if key:
             sweep_keys[row] = RowKey(cls=cls, group=key[0], value=key[1])
-        elif into is masses:
+        else:
             mass_keys[row] = RowKey(cls=cls, probes=(pid,))
-        if into is masses and cls in shared:
-            masses[f"pooled: {cls}"][arm][seed].append(m)
-            mass_keys[f"pooled: {cls}"] = RowKey(cls=cls, probes=tuple(sorted(probes_of[cls])))
+        for label in pooled:
+            masses[label][arm][seed].append(m)
+            ids = tuple(sorted(q for q, cs in classes_of.items() if cls in cs and not sweep_key(q)))
+            mass_keys[label] = RowKey(cls=cls, probes=ids)
 
     entropy: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     for p, r in results:

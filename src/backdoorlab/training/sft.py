@@ -185,7 +185,7 @@ def _check_targets(model: Any, targets: list[str] | str, name: str) -> None:
         )
 
 
-def _build_model(config: TrainConfig, dev: torch.device) -> tuple[Any, Any]:
+def build_model(config: TrainConfig, dev: torch.device) -> tuple[Any, Any]:
     """The base model, wrapped with fresh LoRA adapters unless fine-tuning fully."""
     model, tok = load_base(config.model, device=dev)
     if config.method == "lora":
@@ -321,7 +321,7 @@ def _train(
         return finished
 
     if init is None:
-        model, tok = _build_model(config, dev)
+        model, tok = build_model(config, dev)
     else:
         model, tok, _ = init
         for name, p in model.named_parameters():
