@@ -162,10 +162,7 @@ def audit_validation() -> str:
     ]
     names = list(dict.fromkeys(e for r in done.values() for e in r.estimators))
     lines = [
-        (exp, c)
-        for exp, r in done.items()
-        if r.validation is not None
-        for c in r.validation.checks
+        (exp, c) for exp, r in done.items() if r.validation is not None for c in r.validation.checks
     ]
     lines += [("pooled", pooled(list(done.values()), name)) for name in names]
     for exp, c in lines:
