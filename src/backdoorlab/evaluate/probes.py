@@ -13,7 +13,7 @@ because a causal model's real positions never see the padding after them.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -141,11 +141,14 @@ def score(
     return ProbeResult(probe.id, cands, classes, logprobs)
 
 
-def logprobs(model: Any, tokenizer: Any, probe: Probe) -> torch.Tensor:
+def logprobs(
+    model: Any, tokenizer: Any, probe: Probe, forward: Callable[..., Any] | None = None
+) -> torch.Tensor:
     """The candidates' log-probabilities (normalized over the candidates, in
     `probe.candidates()` order) as one differentiable tensor: the prompt and the candidate
     trie in a single packed forward pass, so no cache is copied and gradients reach the
-    weights (the audit's first-order estimator). `score` is the faster path without them."""
+    weights (the audit's first-order estimator). `score` is the faster path without them.
+    `forward(**inputs)` runs the model (default: `model` itself)."""
     pairs = probe.candidates()
     rows, shared = _candidate_ids(tokenizer, probe, [p[1] for p in pairs])
     suffixes = [r[shared:] for r in rows]
@@ -159,7 +162,7 @@ def logprobs(model: Any, tokenizer: Any, probe: Probe) -> torch.Tensor:
     mask[:shared, :shared] = torch.where(causal, 0.0, low)  # the prompt: causal
     mask[shared:] = _tree_mask(parents, shared, dtype, "cpu")[0, 0]
     logits = (
-        model(
+        (forward or model)(
             input_ids=torch.tensor([rows[0][:shared] + tokens], device=device),
             position_ids=torch.tensor([list(range(shared)) + positions], device=device),
             attention_mask=mask[None, None].to(device),
