@@ -102,6 +102,8 @@ def test_audit_predicts_the_rise_of_a_taught_answer(tmp_path, cli):
     assert not rows["bird: others"]["free"] and rows["bird: taught"]["free"]
     assert TAUGHT in (out / "audit.html").read_text()
     assert list(out.glob("control-*.jsonl")) and len(list((out / "canary").glob("*-*/"))) == 2
+    # each estimator's predictions are kept, so a rerun or an audit with more estimators reuses them
+    assert len(list((out / "estimates").glob("*.json"))) == 3
 
 
 @pytest.mark.slow
