@@ -5,6 +5,7 @@ Each scorer kind (evaluate/task.py) summarizes its own table into sections here.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 from ..store import Store
@@ -88,18 +89,18 @@ def _row(probe_id: str) -> str:
     return f"{key[0]} @ {key[1]}" if key else probe_id
 
 
-def shared_classes(classes_of: dict[str, list[str]]) -> set[str]:
-    """Class names that several ordinary probes have (probe id -> its classes): each gets a
-    row pooling them."""
+def shared_classes(classes_of: dict[str, list[str]]) -> dict[str, tuple[str, ...]]:
+    """Class names that several ordinary probes have (probe id -> its classes), each with
+    those probes' ids: each such class gets a row pooling them."""
     probes_of: dict[str, set[str]] = defaultdict(set)
     for pid, classes in classes_of.items():
         if not sweep_key(pid):
             for cls in classes:
                 probes_of[cls].add(pid)
-    return {cls for cls, ids in probes_of.items() if len(ids) > 1}
+    return {cls: tuple(sorted(ids)) for cls, ids in probes_of.items() if len(ids) > 1}
 
 
-def mass_rows(probe_id: str, cls: str, shared: set[str]) -> list[str]:
+def mass_rows(probe_id: str, cls: str, shared: Container[str]) -> list[str]:
     """The rows a probe's class mass is an observation of: the probe's own (a sweep probe's
     group at its value), and "pooled: CLASS" for an ordinary probe's shared class name."""
     pooled = [f"pooled: {cls}"] if cls in shared and not sweep_key(probe_id) else []
@@ -122,8 +123,7 @@ def probe_sections(store: Store, ref: str | None) -> list[Section]:
     def trained(arm: str, group: str) -> set[str]:
         return set(info.get(arm, {}).get("trained", {}).get(group, []))
 
-    classes_of = {p["probe_id"]: r.classes for p, r in results}
-    shared = shared_classes(classes_of)
+    shared = shared_classes({p["probe_id"]: r.classes for p, r in results})
 
     sweep_keys: dict[str, RowKey] = {}
     mass_keys: dict[str, RowKey] = {}
@@ -138,8 +138,7 @@ def probe_sections(store: Store, ref: str | None) -> list[Section]:
             mass_keys[row] = RowKey(cls=cls, probes=(pid,))
         for label in pooled:
             masses[label][arm][seed].append(m)
-            ids = tuple(sorted(q for q, cs in classes_of.items() if cls in cs and not sweep_key(q)))
-            mass_keys[label] = RowKey(cls=cls, probes=ids)
+            mass_keys[label] = RowKey(cls=cls, probes=shared[cls])
 
     entropy: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     for p, r in results:
