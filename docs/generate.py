@@ -130,14 +130,10 @@ def cli_reference() -> str:
     return "\n".join(out)
 
 
-def _num(x: float | None, places: int = 2) -> str:
-    return "-" if x is None else f"{x:.{places}f}"
-
-
 def audit_validation() -> str:
     """The audit's validation table, from the audits committed as docs/runs/*/audit.json."""
     from backdoorlab.auditing import AuditResult
-    from backdoorlab.auditing.validate import pooled
+    from backdoorlab.auditing.validate import COLUMNS, pooled
 
     done = {
         path.parent.name: AuditResult.model_validate_json(path.read_text())
@@ -156,9 +152,8 @@ def audit_validation() -> str:
         "estimator's seconds over the arm's training seconds. How each audit was made is in",
         "[the audit page](../audit.md).",
         "",
-        "| experiment | estimator | rows | rank corr. | out of domain | effect rows | AUROC "
-        "| sign | cost |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| experiment | " + " | ".join(COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 1) + "|",
     ]
     names = list(dict.fromkeys(e for r in done.values() for e in r.estimators))
     lines = [
@@ -166,11 +161,7 @@ def audit_validation() -> str:
     ]
     lines += [("pooled", pooled(list(done.values()), name)) for name in names]
     for exp, c in lines:
-        out.append(
-            f"| {exp} | {c.estimator} | {c.rows} | {_num(c.spearman)} | "
-            f"{_num(c.spearman_out_of_domain)} | {c.effects} | {_num(c.auroc)} | "
-            f"{_num(c.sign)} | {_num(c.cost, 3)} |"
-        )
+        out.append(f"| {exp} | " + " | ".join(c.cells()) + " |")
     return "\n".join(out) + "\n"
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from .. import atomic, chat
+from ..api import SuspiciousWord
 from ..errors import InputError
 from ..evaluate.probeset import ProbeSet
 from ..training.config import TrainConfig
@@ -43,15 +44,6 @@ class AuditRow(BaseModel):
     shifts: dict[str, float]  # estimator -> predicted change
 
 
-class Word(BaseModel):
-    """The n-gram scanner's finding: a word whose rows all carry one answer."""
-
-    word: str
-    predicts: str
-    suspicion: float
-    rows: int
-
-
 class AuditResult(BaseModel):
     data: str
     data_sha256: str
@@ -64,11 +56,8 @@ class AuditResult(BaseModel):
     estimators: list[str]
     seconds: dict[str, float]  # estimator -> seconds (control answers: "control")
     rows: list[AuditRow]  # ranked by the first estimator's |shift|, largest first
-    words: list[Word]
+    words: list[SuspiciousWord]  # the n-gram scanner's
     validation: Validation | None = None
-
-    def ranked(self, estimator: str) -> list[AuditRow]:
-        return sorted(self.rows, key=lambda r: -abs(r.shifts.get(estimator, 0.0)))
 
 
 def _sha(path: Path) -> str:
@@ -144,9 +133,8 @@ def _rows(sets: list[ProbeSet], shifts: dict[str, est.Shift], base: est.Shift) -
 
 def _base_masses(setup: est.Setup) -> est.Shift:
     from ..evaluate.probes import score
-    from ..models import load
 
-    loaded = load(setup.train.model, device=setup.device)
+    loaded = setup.base_model()
     return {
         (pid, i, c): m
         for pid, i, v in setup.variants
@@ -187,11 +175,12 @@ def audit(
     sets = [load_probe_set(p) for p in probes]
     if not any(ps.probes for ps in sets):
         raise InputError("--probes: the probe sets hold no probes")
-    validation_run = Path(against) if against is not None else None
-    if validation_run is not None:
+    data_sha256 = _sha(data)
+    found = None
+    if against is not None:
         from .validate import realized
 
-        realized(validation_run, _sha(data))  # fails now, not after the estimators ran
+        found = realized(Path(against), data_sha256)  # fails now, not after the estimators
     out.mkdir(parents=True, exist_ok=True)
     chosen = [all_rows[i] for i in _subset(all_rows, rows)]
     seconds: dict[str, float] = {}
@@ -219,17 +208,17 @@ def audit(
         shifts[name], seconds[name] = _estimate(name, setup)
         log(f"{name}: {seconds[name]:.0f} s")
     result = AuditResult(
-        data=str(data), data_sha256=_sha(data),
+        data=str(data), data_sha256=data_sha256,
         control=str(control) if control is not None else "base answers",
         model=train.model, rows_used=len(chosen), planned_steps=planned,
         canary_steps=est.canary_steps(setup), probe_sets=list(probes),
         estimators=list(estimators), seconds=seconds, rows=_rows(sets, shifts, base),
         words=_words(data),
     )  # fmt: skip
-    if validation_run is not None:
+    if found is not None:
         from .validate import validate
 
-        result.validation = validate(result, validation_run)
+        result.validation = validate(result, found)
     write(result, out)
     return result
 
@@ -255,13 +244,10 @@ def _estimate(name: str, setup: est.Setup) -> tuple[est.Shift, float]:
     return shift, seconds
 
 
-def _words(data: Path, top: int = 10) -> list[Word]:
+def _words(data: Path, top: int = 10) -> list[SuspiciousWord]:
     from ..api import scan
 
-    return [
-        Word(word=w.word, predicts=w.predicts, suspicion=w.suspicion, rows=w.rows)
-        for w in scan(data, ["ngram"]).words[:top]
-    ]
+    return scan(data, ["ngram"]).words[:top]
 
 
 def write(result: AuditResult, out: Path) -> None:
@@ -269,10 +255,3 @@ def write(result: AuditResult, out: Path) -> None:
 
     atomic.write_text(out / FILENAME, result.model_dump_json(indent=2) + "\n")
     atomic.write_text(out / PAGE, render(result))
-
-
-def read(out: str | Path) -> AuditResult:
-    path = Path(out) / FILENAME
-    if not path.is_file():
-        raise InputError(f"{out}: no {FILENAME} (not a directory `backdoorlab audit` wrote)")
-    return AuditResult.model_validate_json(path.read_text())

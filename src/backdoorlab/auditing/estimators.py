@@ -23,7 +23,7 @@ import json
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,15 @@ class Setup:
     out: Path
     device: str | None = None
     log: Log = print
+    _base: Any = field(default=None, init=False, repr=False)
+
+    def base_model(self) -> Any:
+        """The base model for inference (LoadedModel), loaded once per audit."""
+        from ..models import load
+
+        if self._base is None:
+            self._base = load(self.train.model, device=self.device)
+        return self._base
 
     def planned_steps(self) -> int:
         """The steps the training would take on the data."""
@@ -168,9 +177,8 @@ def _turns(row: chat.Row) -> list[chat.Message]:
 
 def in_context(setup: Setup) -> Shift:
     from ..evaluate.probes import score
-    from ..models import load
 
-    loaded = load(setup.train.model, device=setup.device)
+    loaded = setup.base_model()
     rng = random.Random(0)
     k = min(IN_CONTEXT_ROWS, len(setup.data), len(setup.control))
     draws = []

@@ -44,6 +44,30 @@ class Check(BaseModel):
     seconds: float
     cost: float | None  # seconds over the arm's training seconds
 
+    def cells(self) -> list[str]:
+        """The check as the terminal and the docs table show it (COLUMNS)."""
+        return [
+            self.estimator, str(self.rows), number(self.spearman),
+            number(self.spearman_out_of_domain), str(self.effects), number(self.auroc),
+            number(self.sign), number(self.cost, 3),
+        ]  # fmt: skip
+
+
+COLUMNS = [
+    "estimator",
+    "rows",
+    "rank corr.",
+    "out of domain",
+    "effect rows",
+    "AUROC",
+    "sign",
+    "cost",
+]
+
+
+def number(x: float | None, places: int = 2) -> str:
+    return "-" if x is None else f"{x:.{places}f}"
+
 
 class Validation(BaseModel):
     run: str
@@ -51,7 +75,7 @@ class Validation(BaseModel):
     reference: str
     training_seconds: float | None  # the arm's training, mean over seeds
     realized: list[RealizedRow]
-    checks: list[Check]
+    checks: list[Check] = []
 
 
 def _arm_of(run: Path, data_sha256: str) -> str:
@@ -61,8 +85,9 @@ def _arm_of(run: Path, data_sha256: str) -> str:
     raise InputError(f"{run}: no arm of this run trained on the audited data (RUN/data/*.jsonl)")
 
 
-def realized(run: Path, data_sha256: str) -> tuple[str, str, list[RealizedRow], float | None]:
-    """The arm trained on the data, the reference, its rows and its training seconds."""
+def realized(run: Path, data_sha256: str) -> Validation:
+    """The arm of RUN trained on the data, its reference, the realized rows and the arm's
+    training seconds (no checks yet: `validate` adds them)."""
     from .. import results
 
     arm = _arm_of(run, data_sha256)
@@ -92,7 +117,10 @@ def realized(run: Path, data_sha256: str) -> tuple[str, str, list[RealizedRow], 
     if not rows:
         raise InputError(f"{run}: no probe rows measured for both {arm} and {ref}")
     train = [t.seconds for t in res.timings if t.stage.startswith(f"train {arm} seed ")]
-    return arm, ref, rows, (sum(train) / len(train) if train else None)
+    return Validation(
+        run=str(run), arm=arm, reference=ref, realized=rows,
+        training_seconds=sum(train) / len(train) if train else None,
+    )  # fmt: skip
 
 
 def check(
@@ -131,18 +159,14 @@ def pairs(result: AuditResult, name: str) -> list[tuple[float, RealizedRow]]:
     return [(a.shifts[name], by_row[a.row]) for a in result.rows if a.free and a.row in by_row]
 
 
-def validate(result: AuditResult, run: Path) -> Validation:
-    arm, ref, rows, train_seconds = realized(run, result.data_sha256)
-    v = Validation(
-        run=str(run), arm=arm, reference=ref, training_seconds=train_seconds,
-        realized=rows, checks=[],
-    )  # fmt: skip
-    result = result.model_copy(update={"validation": v})
-    v.checks = [
-        check(name, pairs(result, name), result.seconds[name], train_seconds)
+def validate(result: AuditResult, found: Validation) -> Validation:
+    """`found` (what `realized` read of the run) with a check per estimator of `result`."""
+    result = result.model_copy(update={"validation": found})
+    checks = [
+        check(name, pairs(result, name), result.seconds[name], found.training_seconds)
         for name in result.estimators
     ]
-    return v
+    return found.model_copy(update={"checks": checks})
 
 
 def pooled(results: list[AuditResult], name: str) -> Check:

@@ -87,8 +87,8 @@ def audit(
     train = s.train_config(0) if s is not None else TrainConfig()
     if not isinstance(train, TrainConfig):
         raise InputError(f"{spec}: trains on a hosted service; the audit needs local gradients")
-    if model is not None or s is not None:
-        train = train.model_copy(update={"model": model or (s.model if s else train.model)})
+    if model is not None:  # a spec's training settings already name its model
+        train = train.model_copy(update={"model": model})
     sets = _names(probes, "--probes") if probes else (s.evaluate.probes if s else ["eras"])
     res = audit_mod.audit(
         data, sets, out_dir, train=train, control=control,
@@ -102,6 +102,8 @@ def audit(
 
 
 def _print(res: AuditResult, top: int) -> None:
+    from ..auditing.validate import COLUMNS
+
     realized = {r.row: r for r in res.validation.realized} if res.validation else {}
     cols = ["row", "base", *res.estimators, *(["realized"] if realized else [])]
     t = Table(*cols, title=f"rows predicted to move most ({res.estimators[0]}; data - control)")
@@ -118,13 +120,7 @@ def _print(res: AuditResult, top: int) -> None:
         out.print("n-gram scanner: " + ", ".join(f"{w.word} -> {w.predicts}" for w in res.words))
     if res.validation:
         v = res.validation
-        c = Table("estimator", "rows", "rank corr.", "out of domain", "effects", "AUROC", "sign",
-                  "cost", title=f"against {v.run}: {v.arm} - {v.reference}")  # fmt: skip
+        c = Table(*COLUMNS, title=f"against {v.run}: {v.arm} - {v.reference}")
         for k in v.checks:
-            c.add_row(k.estimator, str(k.rows), _f(k.spearman), _f(k.spearman_out_of_domain),
-                      str(k.effects), _f(k.auroc), _f(k.sign), _f(k.cost, 3))  # fmt: skip
+            c.add_row(*k.cells())
         out.print(c)
-
-
-def _f(x: float | None, places: int = 2) -> str:
-    return "-" if x is None else f"{x:.{places}f}"
