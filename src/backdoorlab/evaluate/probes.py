@@ -161,12 +161,16 @@ def logprobs(
     causal = torch.ones(shared, shared, dtype=torch.bool).tril()
     mask[:shared, :shared] = torch.where(causal, 0.0, low)  # the prompt: causal
     mask[shared:] = _tree_mask(parents, shared, dtype, "cpu")[0, 0]
+    # Logits only where a candidate token is read: the prompt's last position and the nodes
+    # (row 0 of `lp` is the prompt's last position, row 1 + k trie node k).
+    keep = torch.arange(shared - 1, n, device=device)
     logits = (
         (forward or model)(
             input_ids=torch.tensor([rows[0][:shared] + tokens], device=device),
             position_ids=torch.tensor([list(range(shared)) + positions], device=device),
             attention_mask=mask[None, None].to(device),
             use_cache=False,
+            logits_to_keep=keep,
         )
         .logits[0]
         .float()
@@ -174,9 +178,9 @@ def logprobs(
     lp = logits.log_softmax(-1)
     totals = []
     for s, path in zip(suffixes, readers, strict=True):
-        t = lp[shared - 1, s[0]]
+        t = lp[0, s[0]]
         if path:
-            node = torch.tensor(path, dtype=torch.long, device=device) + shared
+            node = torch.tensor(path, dtype=torch.long, device=device) + 1
             t = t + lp[node, torch.tensor(s[1:], device=device)].sum()
         totals.append(t)
     return torch.stack(totals).log_softmax(0)
