@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from backdoorlab import results
 from backdoorlab.evaluate.metric import Metric
 from backdoorlab.report import write_report
 from backdoorlab.spec import ExperimentSpec
@@ -147,6 +148,10 @@ def test_summary_prints_one_markdown_row_per_headline_and_refuses_other_folders(
     assert head.startswith("| experiment | learned in domain") and rule.startswith("|---|")
     assert row.startswith("| t | treated: trained: old 0.400 vs >= 0.9 (0/1 seeds pass) |")
     assert row.endswith("| ~0.6 | not a test (not learned: seed 0 failed its gate) |")
+    published = tmp_path / "published"  # a run committed without its store: results.json alone
+    published.mkdir()
+    (published / "results.json").write_text(results.open(run).model_dump_json(by_alias=True))
+    assert cli("summary", str(published)).stdout == r.stdout
     r = cli("summary", str(tmp_path))
     assert r.returncode == 2 and "not a run directory" in r.stderr and "Traceback" not in r.stderr
 

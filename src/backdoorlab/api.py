@@ -245,15 +245,16 @@ class SummaryRow(BaseModel):
 
 def summary(run_dirs: Sequence[str | Path]) -> list[SummaryRow]:
     """Per run directory of `run`, one row per declared headline comparison."""
-    from .report import SUMMARY_COLUMNS, run_spec, summary_rows, write_report
-    from .store import FILENAME
+    from . import results
+    from .report import SUMMARY_COLUMNS, summary_rows
 
     rows = []
     for d in map(Path, run_dirs):
-        spec = run_spec(d)
-        if spec is None or not (d / FILENAME).is_file():
-            raise InputError(f"{d}: not a run directory of `backdoorlab run` (no spec or results)")
-        for cells in summary_rows(spec.name, write_report(d, write=False)):
+        res = results.open(d)  # the store, or a published run's results.json alone
+        if res.experiment is None:
+            raise InputError(f"{d}: not a run directory of `backdoorlab run` (no spec)")
+        gate_results = [g.record() for g in res.gates]
+        for cells in summary_rows(res.experiment, gate_results, [v.record() for v in res.verdicts]):
             assert len(cells) == len(SUMMARY_COLUMNS)
             rows.append(SummaryRow(**dict(zip(SummaryRow.model_fields, cells, strict=True))))
     return rows

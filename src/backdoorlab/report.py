@@ -7,6 +7,7 @@ import base64
 import io
 import textwrap
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -236,12 +237,15 @@ SUMMARY_COLUMNS = (
 )  # fmt: skip
 
 
-def summary_rows(name: str, report: Report) -> list[list[str]]:
-    """The summary table (docs/results.md), one row per declared headline comparison: whether its arm learned
-    (each gate's mean over seeds, its threshold, seeds passing), the estimate, the paper's
-    figure, and the verdict. Pure: a function of the report's records."""
+def summary_rows(
+    name: str, gate_results: Sequence[GateResult], verdicts: Sequence[Verdict]
+) -> list[list[str]]:
+    """The summary table (docs/results.md), one row per declared headline comparison: whether
+    its arm learned (each gate's mean over seeds, its threshold, seeds passing), the estimate,
+    the paper's figure, and the verdict. Pure: a function of the gates' and verdicts' records
+    (a report's, or a results.json's)."""
     by: dict[tuple[str, str, str], list[GateResult]] = defaultdict(list)
-    for g in report.gates:
+    for g in gate_results:
         by[(g.arm, g.kind, g.name)].append(g)
 
     def learned(arms: set[str]) -> str:
@@ -267,7 +271,7 @@ def summary_rows(name: str, report: Report) -> list[list[str]]:
             v.paper or "-",
             v.text,
         ]
-        for v in report.verdicts
+        for v in verdicts
     ]
 
 

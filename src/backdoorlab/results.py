@@ -17,9 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import atomic
+from . import atomic, gates
 from .errors import InputError
 from .evaluate.aggregate import Estimate
+from .gates import GateResult
 from .report import Report, write_report
 
 FILENAME = "results.json"
@@ -38,6 +39,9 @@ class Interval(BaseModel):
     @classmethod
     def of(cls, e: Estimate | None) -> Interval | None:
         return None if e is None else cls(mean=e.mean, lo=e.lo, hi=e.hi, n=e.n, unit=e.unit)
+
+    def record(self) -> Estimate:
+        return Estimate(**self.model_dump())
 
 
 class Row(BaseModel):
@@ -72,6 +76,9 @@ class Gate(BaseModel):
     what: str = ""
     passed: bool
 
+    def record(self) -> GateResult:
+        return GateResult(**self.model_dump(exclude={"passed"}))  # type: ignore[arg-type]
+
 
 class Verdict(BaseModel):
     """The declared headline's verdict for one comparison: effect, opposite (an effect against
@@ -85,6 +92,10 @@ class Verdict(BaseModel):
     kind: str
     text: str
     paper: str = ""
+
+    def record(self) -> gates.Verdict:
+        fields = self.model_dump(exclude={"estimate"})
+        return gates.Verdict(**fields, estimate=self.estimate and self.estimate.record())
 
 
 class DefenseCell(BaseModel):

@@ -170,7 +170,11 @@ def report(
 @app.command()
 def summary(
     run_dirs: Annotated[
-        list[Path], typer.Argument(help="Run directories written by `backdoorlab run`.")
+        list[Path],
+        typer.Argument(
+            help="Run directories written by `backdoorlab run` (a published run's folder with "
+            "only its results.json reads too)."
+        ),
     ],
 ) -> None:
     """One row per experiment's declared headline, as a Markdown table (docs/results.md shows it):
