@@ -10,6 +10,7 @@ from conftest import write_rows
 
 from backdoorlab.evaluate.task import model_hash
 from backdoorlab.spec import load_spec
+from backdoorlab.store import Store
 
 SPEC = """\
 name: persist
@@ -81,6 +82,10 @@ def test_a_stage_continues_the_weights_before_it_and_is_measured_like_an_arm(tmp
         assert res.row("llm: ASR: token cf", arm) and res.row("llm: false trigger: token cf", arm)
         assert f"{arm} - clean" in r.stdout  # a verdict after every stage
     assert "Persistence: after each later training stage" in (out / "report.html").read_text()
+    with Store(out) as store:  # a stage carries its arm's attack (the table's poison rate)
+        info = store.arm_info()
+    assert info["token-10%+clean-3x"]["rate"] == info["token-10%"]["rate"] > 0
+    assert info["token-10%+clean-3x"]["after"] == "token-10%+clean-1x"
     # A rerun trains nothing: each stage is keyed by the weights it starts from.
     again = cli("run", "experiments/persistence.yaml", "--out", str(out), "--quick")
     assert again.returncode == 0 and "Training lora" not in again.stderr

@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 
 from . import atomic, executors, results, rundir
 from .catalog import load_probe_set
-from .data import sentiment
-from .data.sentiment import SentimentData
+from .data.classification import ClassificationSet
+from .data.sentiment import REVIEWS, SentimentData
 from .errors import InputError
 from .evaluate import metric, task
 from .evaluate.hosted import HostedChat
@@ -100,8 +100,9 @@ def _classification_sets(spec: ExperimentSpec) -> Callable[[str, str], dict] | N
     ce = spec.evaluate.classification
     if ce is None:
         return None
-    test = sentiment.balanced(sentiment.split("test", ce.split_seed), ce.test)
-    small = sentiment.balanced(test, ce.llm_test) if ce.llm_test else test
+    cs = spec.classification_set()
+    test = cs.balanced(cs.split("test", ce.split_seed), ce.test)
+    small = cs.balanced(test, ce.llm_test) if ce.llm_test else test
     poisons = {
         n: a.data.poison
         for n, a in spec.arms.items()
@@ -156,6 +157,7 @@ def _evaluation(spec: ExperimentSpec, data: dict[str, Path], device: str | None)
             qf,
             build_judges(qf.judges, "api", spec.model, device) if qf else {},
             _classification_sets(spec),
+            dataset=spec.classification_set(),
             samples=spec.evaluate.samples,
             variants=spec.evaluate.probe_variants,
             sweep_values=spec.evaluate.sweep_values,
@@ -171,6 +173,7 @@ def evaluation(
     judges: dict[str, Any] | None = None,
     classification: Callable[[str, str], Any] | None = None,
     *,
+    dataset: ClassificationSet | None = None,
     samples: int | None = None,
     progress: Callable[[str], None] = lambda s: None,
     variants: int | None = None,
@@ -185,7 +188,8 @@ def evaluation(
     if questions:
         scorers.append(task.Questions(questions, judges or {}, samples=samples, progress=progress))
     if classification:
-        scorers.append(task.Classification(classification, sentiment.LABELS, sentiment.prompt))
+        cs = dataset or REVIEWS
+        scorers.append(task.Classification(classification, cs.labels, cs.prompt))
     return task.Task([*scorers, *([fit] if fit else [])])
 
 
@@ -250,9 +254,9 @@ def _train_llm(
     return time.perf_counter() - t0
 
 
-def _train_encoder(data: Path, enc_dir: Path, config, device, log) -> float:
+def _train_encoder(data: Path, enc_dir: Path, config, labels, device, log) -> float:
     t0 = time.perf_counter()
-    encoder.train_encoder(data, enc_dir, config, sentiment.LABELS, log=log, device=_device(device))
+    encoder.train_encoder(data, enc_dir, config, labels, log=log, device=_device(device))
     return time.perf_counter() - t0
 
 
@@ -267,7 +271,7 @@ def _evaluate(
     api = HostedChat(target.name) if target.hosted else None
     status, _ = measure(
         _evaluation(spec, data, device), out, _tag(*tag_of, target, api), victim, target.name,
-        labels=sentiment.LABELS, hosted=api, device=device,
+        labels=list(spec.classification_set().labels), hosted=api, device=device,
     )  # fmt: skip
     return time.perf_counter() - t0, status
 
@@ -348,7 +352,8 @@ def _run(
                     continue
                 log(f"{label} -> {enc_dir}")
                 trainings[(name, seed, "encoder")] = (label, ex.submit(
-                    _train_encoder, data[name], enc_dir, config, device, log
+                    _train_encoder, data[name], enc_dir, config,
+                    spec.classification_set().labels, device, log,
                 ))  # fmt: skip
 
     evaluation = _evaluation(spec, data, device)
@@ -356,11 +361,13 @@ def _run(
 
         def arm_info(name: str) -> dict[str, Any]:
             arm = spec.arms[name]
-            info = arm.data.info() if arm.data else {}
+            if arm.after is None:
+                return arm.data.info() if arm.data else {}
+            # A later stage still carries the attack of the arm it continues (its trigger and
+            # poison rate), and sits on the persistence curve after its own steps.
+            info = arm_info(arm.after) | {"after": arm.after}
             manifest = read_manifest(trained_dirs[name]) if name in trained_dirs else None
-            if arm.after and manifest:  # where a stage sits on the persistence curve
-                info |= {"after": arm.after, "steps": manifest["steps"]}
-            return info
+            return info | {"steps": manifest["steps"]} if manifest else info
 
         for name in spec.arms:
             store.set_arm_info(name, arm_info(name))

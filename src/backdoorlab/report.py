@@ -56,7 +56,8 @@ def _poison_plot(store: Store, sections: list[Section]) -> str | None:
     """ASR and CACC against the poison rate, one panel per victim, one line per trigger; the
     clean arm's values (the ASR floor, the clean CACC) as dotted lines. None without arms
     that record a poison rate."""
-    info = store.arm_info()
+    # Later stages (`after`) are points on the persistence curve, not on the rate axis.
+    info = {a: i for a, i in store.arm_info().items() if "after" not in i}
     cells = classification_cells(sections)
     poisoned = {a: i for a, i in info.items() if i.get("rate")}
     if not poisoned or not cells:
