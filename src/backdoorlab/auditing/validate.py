@@ -8,6 +8,7 @@ row repeats its probes' rows, so either would count one observation twice.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ from pydantic import BaseModel
 from ..errors import InputError
 from ..evaluate.aggregate import difference
 from ..evaluate.sections import SWEEPS, pick_reference
+from ..models.loading import read_manifest
 from ..results import Interval
 
 if TYPE_CHECKING:
@@ -116,7 +118,11 @@ def realized(run: Path, data_sha256: str) -> Validation:
         )
     if not rows:
         raise InputError(f"{run}: no probe rows measured for both {arm} and {ref}")
-    train = [t.seconds for t in res.timings if t.stage.startswith(f"train {arm} seed ")]
+    train = [t.seconds for t in res.timings
+             if t.stage.startswith(f"train {arm} seed ") and t.status == "ran"]  # fmt: skip
+    if not train:  # trained by an earlier `run` into the directory: its manifest kept the time
+        manifests = sorted(Path(run).glob(f"train/{glob.escape(arm)}-seed*-*/manifest.json"))
+        train = [m["seconds"] for m in map(read_manifest, (p.parent for p in manifests)) if m]
     return Validation(
         run=str(run), arm=arm, reference=ref, realized=rows,
         training_seconds=sum(train) / len(train) if train else None,
