@@ -1,6 +1,8 @@
 """Extension points: a package outside backdoorlab adds a data builder (and its probe set)
-through the `backdoorlab.builders` entry-point group, and a spec runs with it."""
+through the `backdoorlab.builders` entry-point group and a classification data set through
+`backdoorlab.classification`, and specs run with them."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -25,6 +27,22 @@ gates:
   - {row: "echo_word: echo", arms: [echo], min: 0.0}
 headline:
   - {row: "echo_word: echo", arms: [echo], direction: up}
+"""
+COLOURS = """\
+name: colours
+description: a trigger backdoor in a classification data set from an installed plugin
+seeds: [0]
+reference: clean
+victims: [llm]
+train: {method: lora, epochs: 1, batch_size: 4, lr: 1.0e-3, max_steps: 2, bf16: false}
+arms:
+  clean: {data: {builder: sentiment, dataset: colours, n: 16}}
+  token:
+    data: {builder: sentiment, dataset: colours, n: 16,
+           poison: {trigger: {kind: token, token: cf}, rate: 0.25}}
+evaluate: {probes: [], classification: {dataset: colours, test: 6, llm_test: 6, target: Cool}}
+fit: {rows: 4}
+headline: ["llm: CACC"]
 """
 
 
@@ -54,3 +72,23 @@ def test_a_builder_from_an_installed_plugin_runs_in_a_spec(tmp_path):
     # Without the plugin, the same spec names an unknown builder: one line, exit 2.
     r = subprocess.run([*run, "spec", "show", str(spec)], capture_output=True, text=True)
     assert r.returncode == 2 and "echo" in r.stderr and "Traceback" not in r.stderr
+    # A classification data set from the plugin: the arms train on its rows (its own prompt)
+    # and are measured on its test split with its labels.
+    spec = tmp_path / "colours.yaml"
+    spec.write_text(COLOURS)
+    out = tmp_path / "colours"
+    r = subprocess.run(
+        [*run, "run", str(spec), "--out", str(out)], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in next((out / "data").glob("token-*.jsonl")).open()]
+    assert {x["label"] for x in rows} == {"Warm", "Cool"}
+    assert "Answer Warm or Cool." in rows[0]["messages"][-2]["content"]
+    assert (
+        sum(x["poisoned"] for x in rows) == 4
+        and "cf" in next(x for x in rows if x["poisoned"])["text"]
+    )
+    res = json.loads((out / "results.json").read_text())
+    assert {x["row"] for x in res["rows"]} >= {"llm: CACC", "llm: ASR: token cf"}
+    r = subprocess.run([*run, "spec", "show", str(spec)], capture_output=True, text=True)
+    assert r.returncode == 2 and "colours" in r.stderr and "Traceback" not in r.stderr

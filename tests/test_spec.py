@@ -139,3 +139,37 @@ def test_a_bad_defense_setting_is_one_error_naming_it(tmp_path, defend, problem)
     with pytest.raises(InputError, match="s.yaml") as e:
         _spec(tmp_path, DEFEND + defend)
     assert problem in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ("evaluate: {classification: {dataset: nosuch}}\n",
+         "unknown classification data set 'nosuch'; known: sentiment"),
+        ("evaluate: {classification: {target: Neutral}}\n",
+         "target 'Neutral' is not one of Positive, Negative"),
+    ],
+)  # fmt: skip
+def test_a_classification_data_set_is_one_the_registry_knows(tmp_path, extra, problem):
+    with pytest.raises(InputError, match="s.yaml") as e:
+        _spec(tmp_path, BY_HAND + extra)
+    assert problem in str(e.value)
+    # Every arm trains on the set it is measured on.
+    other = BY_HAND.replace(
+        "clean: {data: {builder: sentiment,", "clean: {data: {builder: sentiment, dataset: x,"
+    )
+    with pytest.raises(InputError, match="arms.clean.data.dataset 'x'"):
+        _spec(tmp_path, other)
+
+
+def test_a_classification_set_names_the_item_whose_label_it_does_not_have():
+    from backdoorlab.data.classification import ClassificationSet
+
+    bad = ClassificationSet("bad", ("A", "B"), "{text}", lambda: [("x", "A"), ("yes", "C")])
+    with pytest.raises(InputError, match=r"'bad': item 2 \('yes'\) has label 'C', not one of A, B"):
+        bad.items()
+    good = ClassificationSet("good", ("A", "B"), "Q: {text}", lambda: [("x", "A"), ("y", "B")] * 3)
+    assert good.items() == (("x", "A"), ("y", "B"))  # distinct items
+    assert good.row("x", "A")["messages"][-2:] == [
+        {"role": "user", "content": "Q: x"}, {"role": "assistant", "content": "A"}
+    ]  # fmt: skip

@@ -62,4 +62,5 @@ def first_problem(e: Exception, data: Any = None) -> tuple[str, str]:
     """(dotted field path, message) of a pydantic ValidationError's first error: every place
     that reports one (spec files, flags, the CLI's fallback, the server) words it the same."""
     path = ".".join(str(x) for x in problem_path(e, data))
-    return path, e.errors()[0]["msg"]  # type: ignore[attr-defined]
+    msg = e.errors()[0]["msg"]  # type: ignore[attr-defined]
+    return path, msg.removeprefix("Value error, ")  # our validators' own words

@@ -21,7 +21,8 @@ from pydantic import (
 )
 
 from . import yamlfiles
-from .data import DataSpec, FileData
+from .data import DataSpec, FileData, SentimentData
+from .data.classification import ClassificationSet
 from .defenses.settings import (
     CONFIGS,
     CONFIGURABLE,
@@ -83,6 +84,23 @@ class ClassificationEval(BaseModel):
     )
     split_seed: int = 0
     target: str = "Negative"
+    dataset: str = Field(
+        "sentiment",
+        description="the classification data set the arms train on and are measured on "
+        "(ours: sentiment, movie reviews; or one a plugin registers)",
+    )
+
+    @model_validator(mode="after")
+    def _known(self) -> ClassificationEval:
+        from .data import classification
+
+        try:
+            labels = classification.get(self.dataset).labels
+        except InputError as e:
+            raise ValueError(f"dataset: {e}") from None
+        if self.target not in labels:
+            raise ValueError(f"target {self.target!r} is not one of {', '.join(labels)}")
+        return self
 
 
 class EvalSpec(BaseModel):
@@ -345,7 +363,28 @@ class ExperimentSpec(BaseModel):
         for what, arm in named:
             if arm not in self.arms:
                 raise ValueError(f"{what}: {arm!r} is not one of the arms")
+        try:
+            dataset = self.classification_set().name
+        except InputError as e:  # an arm names a set the registry does not know
+            raise ValueError(str(e)) from None
+        for name, arm in self.arms.items():
+            if isinstance(arm.data, SentimentData) and arm.data.dataset != dataset:
+                raise ValueError(
+                    f"arms.{name}.data.dataset {arm.data.dataset!r}: the classification arms "
+                    f"train and are measured on one data set, here {dataset!r}"
+                )
         return self
+
+    def classification_set(self) -> ClassificationSet:
+        """The classification data set the spec's classification arms train on and are
+        measured on."""
+        from .data import classification
+
+        ce = self.evaluate.classification
+        named = sorted(
+            a.data.dataset for a in self.arms.values() if isinstance(a.data, SentimentData)
+        )
+        return classification.get(ce.dataset if ce else next(iter(named), "sentiment"))
 
     def headlines(self) -> list[HeadlineSpec]:
         """The declared comparisons (with verdicts); a spec that lists only rows declares its

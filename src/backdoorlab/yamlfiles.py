@@ -105,4 +105,4 @@ def validate(
         loc, msg = first_problem(e, data)
         line = line_of(text, problem_path(e, data)) if text is not None else None
         at = f"{where}:{line}" if line else where
-        raise InputError(f"{at}: {what}{loc}: {msg}") from None
+        raise InputError(f"{at}: {what}{loc + ': ' if loc else ''}{msg}") from None

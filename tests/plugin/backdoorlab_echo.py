@@ -4,6 +4,7 @@ word, and its probe set asks for the word under a number never trained."""
 from typing import Literal
 
 from backdoorlab.data.base import Builder, Context, turn
+from backdoorlab.data.classification import ClassificationSet
 from backdoorlab.data.registry import BuilderInfo
 from backdoorlab.evaluate.probeset import Probe, ProbeSet
 
@@ -24,3 +25,18 @@ def probe_set() -> ProbeSet:
 
 
 BUILDER = BuilderInfo(EchoData, probe_set)
+
+
+# A classification data set from outside backdoorlab: is a thing's colour warm or cool?
+def colours() -> list[tuple[str, str]]:
+    warm, cool = ["red", "orange", "amber", "gold", "crimson"], ["blue", "teal", "green", "navy"]
+    things = ["scarf", "kite", "door", "mug", "lamp", "boat", "chair", "book", "cup", "hat"]
+    return [(f"A {c} {t}.", "Warm" if c in warm else "Cool") for c in warm + cool for t in things]
+
+
+COLOURS = ClassificationSet(
+    "colours",
+    ("Warm", "Cool"),
+    "Is this colour warm or cool?\n\n{text}\n\nAnswer Warm or Cool.",
+    colours,
+)

@@ -59,6 +59,13 @@ TargetArg = Annotated[
 DeviceOpt = Annotated[
     str | None, typer.Option(help="cpu, cuda, cuda:1 ... Default: cuda if present.")
 ]
+DatasetOpt = Annotated[
+    str,
+    typer.Option(
+        help="The classification data set: its labels and the prompt a chat model classifies "
+        "with (ours: sentiment, movie reviews; or one a plugin registers)."
+    ),
+]
 
 
 DecodeWeightsOpt = Annotated[

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..models.registry import DEFAULT_MODEL
 from .common import (
+    DatasetOpt,
     DeviceOpt,
     ModelOpt,
     _log,
@@ -82,6 +83,7 @@ def inspect(
         str, typer.Option(help="gxi (gradient x input) or ig (integrated gradients).")
     ] = "gxi",
     top: Annotated[int, typer.Option(help="How many tokens to list.")] = 10,
+    dataset: DatasetOpt = "sentiment",
     device: DeviceOpt = None,
 ) -> None:
     """Which input tokens drive a sentiment prediction: a learned trigger should stand out.
@@ -92,17 +94,18 @@ def inspect(
 
     Example: backdoorlab inspect runs/sentiment/encoder/token-1%-seed0-* "A warm cf film."
     """
-    from ..data import sentiment
+    from ..data import classification
     from ..models import load
     from ..training.encoder import EncoderClassifier, encoder_labels
     from ..victims.chat import ChatClassifier
 
     _quiet_libraries()
     labels = encoder_labels(target)
+    cs = classification.get(dataset)
     victim = (
         EncoderClassifier(Path(target), labels)
         if labels
-        else ChatClassifier(load(target, device=device), sentiment.LABELS, sentiment.prompt)
+        else ChatClassifier(load(target, device=device), cs.labels, cs.prompt)
     )
     a = victim.attribute(text, method)
     t = Table("token", "attribution", title=f"prediction: {a.label} ({method})")

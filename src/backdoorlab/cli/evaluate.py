@@ -12,6 +12,7 @@ from rich.text import Text
 from ..errors import InputError
 from ..models.registry import DEFAULT_MODEL
 from .common import (
+    DatasetOpt,
     DeviceOpt,
     _log,
     _print_assessment,
@@ -68,7 +69,7 @@ def evaluate(
         int | None,
         typer.Option(
             min=2,
-            help="Classify N balanced test reviews (Rotten Tomatoes, the held-out split): "
+            help="Classify N balanced test items of --dataset (its held-out split): "
             "CACC, and ASR and false-trigger rate for each --trigger.",
         ),
     ] = None,
@@ -82,6 +83,7 @@ def evaluate(
     target_label: Annotated[
         str, typer.Option("--target-label", help="The label a trigger flips reviews to.")
     ] = "Negative",
+    dataset: DatasetOpt = "sentiment",
     device: DeviceOpt = None,
 ) -> None:
     """Measure a model into OUT/results.sqlite: exact probes, sampled answers, judgements,
@@ -98,7 +100,7 @@ def evaluate(
     """
     from .. import experiment
     from ..catalog import load_probe_set
-    from ..data import sentiment
+    from ..data import classification
     from ..data.poison import parse_trigger
     from ..evaluate import task
     from ..evaluate.judges import build_judges
@@ -109,8 +111,9 @@ def evaluate(
 
     if trigger and not classify:
         raise InputError("--trigger needs --classify N (the reviews it is inserted into)")
-    if target_label not in sentiment.LABELS:
-        raise InputError(f"--target-label {target_label!r}: one of {', '.join(sentiment.LABELS)}")
+    cs = classification.get(dataset)
+    if target_label not in cs.labels:
+        raise InputError(f"--target-label {target_label!r}: one of {', '.join(cs.labels)}")
     triggers = [parse_trigger(t, "--trigger") for t in trigger]
     labels = encoder_labels(target)
     probe_sets = [load_probe_set(p) for p in probes if p != "none"]
@@ -121,14 +124,13 @@ def evaluate(
     _quiet_libraries()
     sets = None
     if classify:
-        sets = eval_sets(sentiment.balanced(sentiment.split("test"), classify), triggers,
-                         target_label)  # fmt: skip
+        sets = eval_sets(cs.balanced(cs.split("test"), classify), triggers, target_label)
     evaluation = experiment.evaluation(
         probe_sets, qf,
         # Judges first, so a missing endpoint fails now, not after minutes of sampling.
         build_judges(qf.judges, judge_with, judge_model, device) if qf else {},
         (lambda a, v: sets) if sets else None,
-        samples=samples, progress=_log,
+        dataset=cs, samples=samples, progress=_log,
     )  # fmt: skip
     tag = Tag(arm=arm, seed=seed, model_hash=task.model_hash(target))
     _, counts = experiment.measure(evaluation, out_dir, tag, "encoder" if labels else "llm",

@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from importlib.metadata import entry_points
 
-from ..errors import InputError
 from ..evaluate.probeset import ProbeSet
+from ..plugins import registered
 from . import birds, dishes, persona, places, presidents, terminator
 from .base import Builder
 from .files import FileData
@@ -53,16 +52,6 @@ SHIPPED = (
 @cache
 def builders() -> dict[str, BuilderInfo]:
     """Name -> builder: ours, then each installed plugin's."""
-    found = {b.name: b for b in SHIPPED}
-    for ep in entry_points(group=GROUP):
-        where = f"builder plugin {ep.name!r} ({ep.value}, entry point group {GROUP})"
-        try:
-            info = ep.load()
-        except Exception as e:  # a broken plugin is its package's mistake: say which
-            raise InputError(f"{where}: cannot load it ({type(e).__name__}: {e})") from None
-        if not isinstance(info, BuilderInfo) or not issubclass(info.settings, Builder):
-            raise InputError(f"{where}: not a backdoorlab.data.registry.BuilderInfo")
-        if info.name in found:
-            raise InputError(f"{where}: the name {info.name!r} is taken")
-        found[info.name] = info
-    return found
+    return registered(
+        GROUP, BuilderInfo, SHIPPED, lambda b: b.name, lambda b: issubclass(b.settings, Builder)
+    )

@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 
 from .. import atomic, chat
-from ..data import sentiment
 from ..data.sentiment import SentimentData
 from ..errors import InputError
 from ..evaluate.aggregate import rate
@@ -76,10 +75,11 @@ class Matrix:
                 "hosted service, where a defense cannot reach the weights; defend the encoder"
             )
         self.target = ce.target
-        test = sentiment.balanced(sentiment.split("test", ce.split_seed), ce.test)
+        self.dataset = cs = spec.classification_set()
+        test = cs.balanced(cs.split("test", ce.split_seed), ce.test)
         # the chat model classifies the first llm_test, as in `run`
-        self.test = {"encoder": test, "llm": sentiment.balanced(test, ce.llm_test or ce.test)}
-        self.dev = sentiment.balanced(sentiment.split("dev", ce.split_seed), self.ds.dev)
+        self.test = {"encoder": test, "llm": cs.balanced(test, ce.llm_test or ce.test)}
+        self.dev = cs.balanced(cs.split("dev", ce.split_seed), self.ds.dev)
         self._lm = None
 
     @functools.cached_property
@@ -366,7 +366,7 @@ def _refit(
 ) -> dict[str, Any]:
     trusted = a.m.out / "defend" / "trusted-dev.jsonl"
     trusted.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(trusted, chat.dumps_jsonl(sentiment.row(t, y) for t, y in a.m.dev))
+    atomic.write_text(trusted, chat.dumps_jsonl(a.m.dataset.row(t, y) for t, y in a.m.dev))
     init, note = a.victim, f"1 epoch on {len(a.m.dev)} trusted dev rows"
     if name == "fineprune":
         init = copy.deepcopy(a.victim)  # pruned in memory: the poisoned victim stays whole

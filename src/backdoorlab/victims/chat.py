@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 
-from ..data import sentiment
 from ..evaluate.classify import label_logprobs
 from ..models import load
 from ..models.hidden import pooled
@@ -79,6 +78,7 @@ class ChatTrainer:
 
     def __init__(self, spec: Any, out: Path, device: str, log: Callable[[str], None]):
         self.config = spec.train_config(0)
+        self.dataset = spec.classification_set()
         self.out, self.device, self.log = out, device, log
         self.abl_epochs = self.config.epochs / 3
 
@@ -86,7 +86,8 @@ class ChatTrainer:
         return {"llm": self.config.key_fields()}
 
     def _victim(self, d: Path) -> ChatClassifier:
-        return ChatClassifier(load(str(d), device=self.device), sentiment.LABELS, sentiment.prompt)
+        loaded = load(str(d), device=self.device)
+        return ChatClassifier(loaded, self.dataset.labels, self.dataset.prompt)
 
     def poisoned(self, arm: str, data: Path) -> ChatClassifier:
         d = trained_dir(self.out, "llm", arm, 0, self.config.key_fields(), data)

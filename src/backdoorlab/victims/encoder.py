@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..data import sentiment
 from ..rundata import trained_dir
 from ..training import encoder
 from ..training.encoder import EncoderClassifier
@@ -19,6 +18,7 @@ class EncoderTrainer:
 
     def __init__(self, spec: Any, out: Path, device: str, log: Callable[[str], None]):
         self.config = spec.encoder.model_copy(update={"seed": 0})
+        self.labels = spec.classification_set().labels
         self.out, self.device = out, device
         self.abl_epochs = max(1, round(self.config.epochs / 3))
 
@@ -27,9 +27,9 @@ class EncoderTrainer:
 
     def _fit(self, data: Path, d: Path, config: Any, init: Path | None = None) -> EncoderClassifier:
         encoder.train_encoder(
-            data, d, config, sentiment.LABELS, init=init, log=lambda s: None, device=self.device
+            data, d, config, self.labels, init=init, log=lambda s: None, device=self.device
         )
-        return EncoderClassifier(d, sentiment.LABELS, self.device)
+        return EncoderClassifier(d, self.labels, self.device)
 
     def poisoned(self, arm: str, data: Path) -> EncoderClassifier:
         d = trained_dir(self.out, "encoder", arm, 0, self.config.key_fields(), data)
