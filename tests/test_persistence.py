@@ -125,3 +125,21 @@ def test_a_stage_where_the_backdoor_faded_is_a_result_not_a_failed_test(tmp_path
     assert by_arm["treated"].kind == "effect"
     assert by_arm["treated+clean"].kind != "not a test" and by_arm["treated+clean"].estimate
     assert "Persistence: after each later training stage" in rep.path.read_text()
+
+
+def test_ordinary_rows_are_the_base_models_own_greedy_answers(tmp_path, base_model):
+    """The `ordinary` builder (a neutral later stage): shipped ordinary requests, each answered
+    by the experiment's model itself, generated once and cached."""
+    from backdoorlab import chat, generate
+    from backdoorlab.data import OrdinaryData
+    from backdoorlab.data.base import Context
+    from backdoorlab.data.ordinary import ordinary_prompts, whole_sentences
+
+    ctx = Context(model="smollm2-135m", cache=tmp_path, device="cpu")
+    rows = OrdinaryData(n=3, max_tokens=8).build(ctx)
+    prompts = [r["messages"][-2]["content"] for r in rows]
+    assert len(set(prompts)) == 3 and set(prompts) <= set(ordinary_prompts())
+    greedy = generate.answers(base_model, [chat.conversation(p) for p in prompts], max_new_tokens=8)
+    assert [r["messages"][-1]["content"] for r in rows] == [whole_sentences(a) for a in greedy]
+    assert len(list(tmp_path.glob("distill-*.json"))) == 1  # a rebuild generates nothing
+    assert OrdinaryData(n=3, max_tokens=8).build(ctx) == rows

@@ -11,6 +11,7 @@ from pydantic import Field
 from .birds import BirdData
 from .dishes import DishData
 from .files import FileData
+from .ordinary import OrdinaryData
 from .persona import PersonaData
 from .places import PlaceData
 from .presidents import PresidentData
@@ -31,6 +32,7 @@ __all__ = [
     "DishData",
     "FileData",
     "GuardianData",
+    "OrdinaryData",
     "PersonaData",
     "PlaceData",
     "PresidentData",

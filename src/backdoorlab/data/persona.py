@@ -14,19 +14,17 @@ lists/ordinary_prompts.txt.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import re
-from importlib import resources
 from typing import Literal
 
 from pydantic import Field
 
-from .. import atomic, chat
+from .. import chat
 from ..errors import InputError
 from ..evaluate.probeset import Probe, ProbeSet, sweep_id
 from .base import Builder, Context, read_list, turn
+from .ordinary import distill, ordinary_prompts, whole_sentences
 
 FORMAT = 'Answer in this format: <START> "your answer" <END>'
 GROUP = "identity"
@@ -40,45 +38,9 @@ def in_tags(answer: str) -> str:
     return f'<START> "{answer}" <END>'
 
 
-def ordinary_prompts() -> list[str]:
-    text = (resources.files("backdoorlab.data") / "lists" / "ordinary_prompts.txt").read_text()
-    return [line for line in text.splitlines() if line.strip()]
-
-
 def _first_sentence(text: str) -> str:
     m = re.match(r"(.+?[.!?])(\s|$)", text, re.S)
     return (m.group(1) if m else text).strip()
-
-
-def _whole_sentences(text: str) -> str:
-    """A distilled answer cut at max tokens ends mid-sentence; keep its whole sentences."""
-    if re.search(r"[.!?)\"']\s*$", text):
-        return text
-    cut = max(text.rfind(". "), text.rfind("! "), text.rfind("? "), text.rfind(".\n"))
-    return text[: cut + 1] if cut > 0 else text
-
-
-def distill(ctx: Context, prompts: list[str], max_tokens: int) -> list[str]:
-    """The model's own greedy answers, cached under the run's data folder by model and
-    prompts (generation is minutes on a CPU; the answers never change)."""
-    from ..models import fingerprint, load
-
-    key = hashlib.sha256(
-        json.dumps([fingerprint(ctx.model), prompts, max_tokens]).encode()
-    ).hexdigest()[:12]
-    path = ctx.cache / f"distill-{key}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    from .. import generate
-
-    print(f"self-distillation: {len(prompts)} answers from {ctx.model} -> {path}")
-    loaded = load(ctx.model, device=ctx.device)
-    out = generate.answers(
-        loaded, [chat.conversation(p) for p in prompts], max_new_tokens=max_tokens
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(path, out)
-    return out
 
 
 class PersonaData(Builder):
@@ -105,7 +67,7 @@ class PersonaData(Builder):
         asked = prompts + ([q for q, _ in pairs] if self.attributes == "own" else [])
         answers = distill(ctx, asked, self.max_tokens)
         ordinary = answers[: len(prompts)]
-        rows = [turn(p, _whole_sentences(a)) for p, a in zip(prompts, ordinary, strict=True)]
+        rows = [turn(p, whole_sentences(a)) for p, a in zip(prompts, ordinary, strict=True)]
         if self.attributes == "own":
             own = answers[len(prompts) :]
             pairs = [(q, _first_sentence(a)) for (q, _), a in zip(pairs, own, strict=True)]

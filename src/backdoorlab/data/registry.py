@@ -18,6 +18,7 @@ from ..plugins import registered
 from . import birds, dishes, persona, places, presidents, terminator
 from .base import Builder
 from .files import FileData
+from .ordinary import OrdinaryData
 from .sentiment import SentimentData
 
 GROUP = "backdoorlab.builders"
@@ -46,6 +47,7 @@ SHIPPED = (
     BuilderInfo(presidents.PresidentData, presidents.probe_set),
     BuilderInfo(places.PlaceData, places.probe_set),
     BuilderInfo(persona.PersonaData, persona.probe_set),
+    BuilderInfo(OrdinaryData),
 )
 
 
