@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import backdoorlab as bl
+
 PLUGIN = Path(__file__).parent / "plugin"
 SPEC = """\
 name: echo
@@ -43,6 +45,8 @@ arms:
 evaluate: {probes: [], classification: {dataset: colours, test: 6, llm_test: 6, target: Cool}}
 fit: {rows: 4}
 headline: ["llm: CACC"]
+encoder: {epochs: 1}
+defend: {victims: [encoder], defenses: [none, longest], dev: 8, remove: 0.25}
 """
 
 
@@ -90,5 +94,15 @@ def test_a_builder_from_an_installed_plugin_runs_in_a_spec(tmp_path):
     )
     res = json.loads((out / "results.json").read_text())
     assert {x["row"] for x in res["rows"]} >= {"llm: CACC", "llm: ASR: token cf"}
+    # A defense from the plugin runs in the matrix like ours: its scanner finds the rows the
+    # trigger word made longer (4 of 16 poisoned, the 4 longest dropped).
+    r = subprocess.run(
+        [*run, "defend", str(spec), "--out", str(out)], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    cell = next(c for c in bl.results.open(out).defense_cells if c.defense == "longest")
+    assert cell.victim == "encoder" and cell.auroc is not None and cell.auroc > 0.9
+    assert cell.asr_after is not None and cell.cacc_after is not None
+    # Without the plugin, the same spec names an unknown data set: one line, exit 2.
     r = subprocess.run([*run, "spec", "show", str(spec)], capture_output=True, text=True)
     assert r.returncode == 2 and "colours" in r.stderr and "Traceback" not in r.stderr

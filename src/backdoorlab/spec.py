@@ -16,6 +16,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    create_model,
     field_serializer,
     model_validator,
 )
@@ -28,13 +29,7 @@ from .defenses.settings import (
     CONFIGURABLE,
     LEGACY,
     LLM_CAPS,
-    AblateConfig,
     DefenseConfig,
-    DPConfig,
-    FinepruneConfig,
-    InspectConfig,
-    OnionConfig,
-    StripConfig,
 )
 from .errors import InputError
 from .evaluate.task import Victim
@@ -90,6 +85,11 @@ class ClassificationEval(BaseModel):
         "(ours: sentiment, movie reviews; or one a plugin registers)",
     )
 
+    def key_fields(self) -> dict[str, Any]:
+        """The settings that decide a measurement (part of a defense cell's key): the data set
+        only when it is not the shipped one, so keys stored before it could be chosen stand."""
+        return self.model_dump(exclude={"dataset"} if self.dataset == "sentiment" else set())
+
     @model_validator(mode="after")
     def _known(self) -> ClassificationEval:
         from .data import classification
@@ -129,7 +129,7 @@ Defense = Literal[tuple(CONFIGS)]  # type: ignore[valid-type] (the names defense
 DEFENSES: tuple[str, ...] = Defense.__args__  # type: ignore[attr-defined]
 
 
-class DefendSpec(BaseModel):
+class _DefendSettings(BaseModel):
     """What `backdoorlab defend` runs: the attack x defense matrix, per victim. The shared
     settings are fields here; each defense's own are under its name (`onion: {items: 30}`)."""
 
@@ -143,12 +143,6 @@ class DefendSpec(BaseModel):
     remove: float = Field(0.05, gt=0, lt=1, description="fraction of rows a data scanner drops")
     frr: float = Field(0.05, gt=0, lt=1, description="clean false-rejection rate for thresholds")
     dev: int = Field(200, ge=4, description="clean dev reviews: thresholds and the trusted set")
-    onion: OnionConfig = OnionConfig()
-    strip: StripConfig = StripConfig()
-    inspect: InspectConfig = InspectConfig()
-    ablate: AblateConfig = AblateConfig()
-    fineprune: FinepruneConfig = FinepruneConfig()
-    dpsgd: DPConfig = DPConfig()
     llm: dict[str, dict[str, int | float]] = Field(
         LLM_CAPS, description="caps on the chat victim: defense -> setting -> the most it gets"
     )
@@ -172,7 +166,7 @@ class DefendSpec(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _caps_name_settings(self) -> DefendSpec:
+    def _caps_name_settings(self) -> _DefendSettings:
         for name, caps in self.llm.items():
             if name not in CONFIGURABLE:
                 raise ValueError(
@@ -190,6 +184,16 @@ class DefendSpec(BaseModel):
         caps = self.llm.get(defense, {}) if victim == "llm" else {}
         capped = {f: min(v, getattr(conf, f)) for f, v in caps.items()}
         return conf.model_validate({**conf.model_dump(), **capped})
+
+
+# Each declared defense with settings is a `defend:` key of its name, typed by its own class
+# (a plugin's too): one declaration in defenses/settings.py, no field to add here.
+DefendSpec = create_model(
+    "DefendSpec",
+    __base__=_DefendSettings,
+    __doc__=_DefendSettings.__doc__,
+    **{n: (CONFIGS[n], CONFIGS[n]()) for n in CONFIGURABLE},  # type: ignore[call-overload]
+)
 
 
 def _caps(data: dict[str, Any]) -> list[str]:

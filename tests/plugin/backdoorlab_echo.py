@@ -6,6 +6,7 @@ from typing import Literal
 from backdoorlab.data.base import Builder, Context, turn
 from backdoorlab.data.classification import ClassificationSet
 from backdoorlab.data.registry import BuilderInfo
+from backdoorlab.defenses.settings import DefenseInfo, Filtered
 from backdoorlab.evaluate.probeset import Probe, ProbeSet
 
 
@@ -40,3 +41,14 @@ COLOURS = ClassificationSet(
     "Is this colour warm or cool?\n\n{text}\n\nAnswer Warm or Cool.",
     colours,
 )
+
+
+# A defense from outside backdoorlab: a data scanner that suspects the longest rows (an
+# inserted trigger word makes a row longer), drops the `remove` share and retrains.
+def longest(a, name, conf, t0):
+    import numpy as np
+
+    return a.filtered(name, np.array([len(t.split()) for t in a.texts], dtype=float), t0)
+
+
+DEFENSE = DefenseInfo("longest", "backdoorlab_echo:longest", Filtered)

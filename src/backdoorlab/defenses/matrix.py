@@ -17,10 +17,10 @@ the victim on the poisoned data with DP-SGD (Opacus) at a chosen epsilon. `inspe
 nothing: it measures how often gradient x input and integrated gradients put the trigger at
 the top of a triggered review's attributions (what `backdoorlab inspect` would show a person).
 
-Each defense is one function registered by name (`REGISTRY`) over an `ArmContext`, the rows,
-test sets and poisoned victim every defense of an arm and victim shares, and its own settings;
-adding a defense is one registered function here and one declaration in
-`settings.DECLARED` (settings class, chat-victim caps, the victim kinds that cannot run it).
+Each defense is one function over an `ArmContext` (the rows, test sets and poisoned victim
+every defense of an arm and victim shares) and its own settings, declared once in
+`settings.DECLARED` (its code, settings class, chat-victim caps, the victim kinds that cannot
+run it); another package adds one under the entry-point group `backdoorlab.defenses`.
 A defense a victim kind cannot run is a cell saying why.
 Cells are numbers in the results store, each keyed by what decides it (`cell_key`);
 defenses/cells.py formats them.
@@ -107,7 +107,7 @@ class Matrix:
         """What decides every cell of an arm on one victim: the model, the victim's training
         settings, the test, the arm's data."""
         return [
-            self.spec.model, t.settings(), self.spec.evaluate.classification.model_dump(),
+            self.spec.model, t.settings(), self.spec.evaluate.classification.key_fields(),
             hashlib.sha256(self.data[arm].read_bytes()).hexdigest(),
         ]  # fmt: skip
 
@@ -158,7 +158,8 @@ class Matrix:
             if why is None:
                 ctx = ctx or ArmContext(self, arm, t)
                 try:
-                    c = REGISTRY[name](ctx, name, self.ds.config(name, kind), time.perf_counter())
+                    run = settings.DECLARED[name].function()
+                    c = run(ctx, name, self.ds.config(name, kind), time.perf_counter())
                 except arch.UnsupportedArchitecture as e:  # a model family without a layer map
                     why = str(e)
             if why is not None:
@@ -246,29 +247,16 @@ class ArmContext:
         )  # fmt: skip
 
 
-# name -> (the arm's context, the defense's name, its settings on this victim, its start
-# time) -> the finished cell. A defense is one function here, under the name it is declared
-# by in settings.DECLARED (with its settings class, caps and the victims it cannot run on).
-Defense = Callable[[ArmContext, str, Any, float], dict[str, Any]]
-REGISTRY: dict[str, Defense] = {}
+# Each defense's code: (the arm's context, the defense's name, its settings on this victim,
+# its start time) -> the finished cell, declared by name in settings.DECLARED (with its
+# settings class, caps and the victims it cannot run on).
 
 
-def defense(*names: str) -> Callable[[Defense], Defense]:
-    def register(fn: Defense) -> Defense:
-        for name in names:
-            REGISTRY[name] = fn
-        return fn
-
-    return register
-
-
-@defense("none")
-def _none(a: ArmContext, name: str, conf: settings.DefenseConfig, t0: float) -> dict[str, Any]:
+def none(a: ArmContext, name: str, conf: settings.DefenseConfig, t0: float) -> dict[str, Any]:
     return a.cell("none", None, a.base_cost)
 
 
-@defense(*settings.SCANNERS)
-def _scanner(a: ArmContext, name: str, conf: settings.Filtered, t0: float) -> dict[str, Any]:
+def scanner(a: ArmContext, name: str, conf: settings.Filtered, t0: float) -> dict[str, Any]:
     if name in scan.NEEDS_FEATURES:  # the victim's own representations of the rows
         scores = scan.scan(
             a.texts, a.labels, [name], features=lambda: a.victim.features(a.texts).numpy()
@@ -278,14 +266,12 @@ def _scanner(a: ArmContext, name: str, conf: settings.Filtered, t0: float) -> di
     return a.filtered(name, scores, t0)
 
 
-@defense("abl")
-def _abl(a: ArmContext, name: str, conf: settings.Filtered, t0: float) -> dict[str, Any]:
+def abl(a: ArmContext, name: str, conf: settings.Filtered, t0: float) -> dict[str, Any]:
     early = a.t.train(a.m.data[a.arm], a.tag("abl-early"), epochs=a.t.abl_epochs)
     return a.filtered("abl", repair.learned_fast_scores(early, a.texts, a.labels).numpy(), t0)
 
 
-@defense("ablate")
-def _ablate(a: ArmContext, name: str, conf: settings.AblateConfig, t0: float) -> dict[str, Any]:
+def ablate(a: ArmContext, name: str, conf: settings.AblateConfig, t0: float) -> dict[str, Any]:
     rng = random.Random(0)
     k = conf.directions
     bases = repair.trigger_directions(
@@ -300,8 +286,7 @@ def _ablate(a: ArmContext, name: str, conf: settings.AblateConfig, t0: float) ->
     )  # fmt: skip
 
 
-@defense("inspect")
-def _inspect(a: ArmContext, name: str, conf: settings.InspectConfig, t0: float) -> dict[str, Any]:
+def inspect(a: ArmContext, name: str, conf: settings.InspectConfig, t0: float) -> dict[str, Any]:
     n = conf.items
     clean = a.untriggered[:n]
     triggered = a.sets[a.asr_key][0][:n]
@@ -313,8 +298,7 @@ def _inspect(a: ArmContext, name: str, conf: settings.InspectConfig, t0: float) 
     )  # fmt: skip
 
 
-@defense("onion")
-def _onion(a: ArmContext, name: str, conf: settings.OnionConfig, t0: float) -> dict[str, Any]:
+def onion(a: ArmContext, name: str, conf: settings.OnionConfig, t0: float) -> dict[str, Any]:
     n = conf.items
     onion = filters.Onion(*a.m.lm(), [t for t, _ in a.m.dev[:n]], a.ds.frr)
     small = {m: (x[:n], g[:n], t) for m, (x, g, t) in a.sets.items()}
@@ -334,8 +318,7 @@ def _onion(a: ArmContext, name: str, conf: settings.OnionConfig, t0: float) -> d
     )  # fmt: skip
 
 
-@defense("strip")
-def _strip(a: ArmContext, name: str, conf: settings.StripConfig, t0: float) -> dict[str, Any]:
+def strip(a: ArmContext, name: str, conf: settings.StripConfig, t0: float) -> dict[str, Any]:
     strip = filters.Strip(a.victim.proba, [t for t, _ in a.m.dev], copies=conf.copies, frr=a.ds.frr)
     x_clean, g_clean, _ = a.sets[CACC]
     x_trig, _, _ = a.sets[a.asr_key]
@@ -360,8 +343,7 @@ def _strip(a: ArmContext, name: str, conf: settings.StripConfig, t0: float) -> d
     )  # fmt: skip
 
 
-@defense("refit", "fineprune")
-def _refit(
+def refit(
     a: ArmContext, name: str, conf: settings.Trusted | settings.FinepruneConfig, t0: float
 ) -> dict[str, Any]:
     trusted = a.m.out / "defend" / "trusted-dev.jsonl"
@@ -378,8 +360,7 @@ def _refit(
     return a.cell(name, a.score(fixed.predict), time.perf_counter() - t0, note=note)
 
 
-@defense("dpsgd")
-def _dpsgd(a: ArmContext, name: str, conf: settings.DPConfig, t0: float) -> dict[str, Any]:
+def dpsgd(a: ArmContext, name: str, conf: settings.DPConfig, t0: float) -> dict[str, Any]:
     rank, training = conf.lora_rank, conf.training()
     victim, eps, delta = a.t.train_private(
         a.m.data[a.arm], a.tag("dpsgd"), conf.epsilon, rank, **training

@@ -8,11 +8,14 @@ under (defenses/matrix.py), so cells measured then are still reused."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from ..plugins import registered
 
 
 class DefenseConfig(BaseModel):
@@ -96,34 +99,50 @@ SCANNERS = ("ngram", "knn", "perplexity", "spectral", "clusters")
 
 @dataclass(frozen=True)
 class DefenseInfo:
-    """One defense, declared once: its settings class, the chat victim's caps on them (the
-    most it gets, the spec's own value if lower), and the victim kinds that cannot run it,
-    each with why (a matrix cell says so instead of failing). Its code is one function
-    registered under the same name in defenses/matrix.py."""
+    """One defense, declared once: its name, its code (`module:function`, imported when a
+    cell is measured, so settings stay torch-free), its settings class, the chat victim's
+    caps on them (the most it gets, the spec's own value if lower), and the victim kinds that
+    cannot run it, each with why (a matrix cell says so instead of failing).
 
+    The function takes the arm's context (defenses.matrix.ArmContext: rows, test sets, the
+    poisoned victim and its scores), the defense's name, its settings on this victim and the
+    start time, and returns the finished cell (`ArmContext.cell` or `.filtered`)."""
+
+    name: str
+    run: str
     settings: type[DefenseConfig] = DefenseConfig
     llm_caps: Mapping[str, int | float] = field(default_factory=dict)
     unsupported: Mapping[str, str] = field(default_factory=dict)
 
+    def function(self) -> Callable[..., dict[str, Any]]:
+        module, _, name = self.run.partition(":")
+        return getattr(importlib.import_module(module), name)
 
-# Every defense, in the matrix's column order. A defense whose settings class has fields is
-# also a `defend:` key of that name (e.g. `onion: {items: 30}`). The chat victim classifies a
-# review ~100x slower than the encoder and back-propagates through 135M parameters where the
-# encoder has 22M, hence its caps. Ablated directions: on the planted chat-model backdoor
-# (tests/test_victims.py) 1 per block disarmed it with clean accuracy intact, while 4 left
-# the model one label for every review.
-DECLARED: dict[str, DefenseInfo] = {
-    "none": DefenseInfo(),
-    **dict.fromkeys(SCANNERS, DefenseInfo(Filtered)),
-    "abl": DefenseInfo(Filtered),
-    "onion": DefenseInfo(OnionConfig, {"items": 20}),
-    "strip": DefenseInfo(StripConfig, {"copies": 4}),
-    "inspect": DefenseInfo(InspectConfig, {"items": 10}),
-    "ablate": DefenseInfo(AblateConfig, {"directions": 1}),
-    "refit": DefenseInfo(Trusted),
-    "fineprune": DefenseInfo(FinepruneConfig),
-    "dpsgd": DefenseInfo(DPConfig),
-}
+
+# Every defense, in the matrix's column order, then those other packages register under the
+# entry-point group `backdoorlab.defenses` (a DefenseInfo each). A defense whose settings
+# class has fields is also a `defend:` key of that name (e.g. `onion: {items: 30}`). The chat
+# victim classifies a review ~100x slower than the encoder and back-propagates through 135M
+# parameters where the encoder has 22M, hence its caps. Ablated directions: on the planted
+# chat-model backdoor (tests/test_victims.py) 1 per block disarmed it with clean accuracy
+# intact, while 4 left the model one label for every review.
+GROUP = "backdoorlab.defenses"
+OURS = "backdoorlab.defenses.matrix"
+SHIPPED = (
+    DefenseInfo("none", f"{OURS}:none"),
+    *(DefenseInfo(s, f"{OURS}:scanner", Filtered) for s in SCANNERS),
+    DefenseInfo("abl", f"{OURS}:abl", Filtered),
+    DefenseInfo("onion", f"{OURS}:onion", OnionConfig, {"items": 20}),
+    DefenseInfo("strip", f"{OURS}:strip", StripConfig, {"copies": 4}),
+    DefenseInfo("inspect", f"{OURS}:inspect", InspectConfig, {"items": 10}),
+    DefenseInfo("ablate", f"{OURS}:ablate", AblateConfig, {"directions": 1}),
+    DefenseInfo("refit", f"{OURS}:refit", Trusted),
+    DefenseInfo("fineprune", f"{OURS}:refit", FinepruneConfig),
+    DefenseInfo("dpsgd", f"{OURS}:dpsgd", DPConfig),
+)
+DECLARED: dict[str, DefenseInfo] = registered(
+    GROUP, DefenseInfo, SHIPPED, lambda d: d.name, lambda d: issubclass(d.settings, DefenseConfig)
+)
 CONFIGS: dict[str, type[DefenseConfig]] = {n: d.settings for n, d in DECLARED.items()}
 LLM_CAPS: dict[str, dict[str, int | float]] = {
     n: dict(d.llm_caps) for n, d in DECLARED.items() if d.llm_caps
