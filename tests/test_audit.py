@@ -53,13 +53,15 @@ def test_first_order_is_one_real_optimizer_step_to_first_order(rule):
     config = TrainConfig(lr=lr, weight_decay=0.01)
     model, tok, params = est.lora_model(config, "cpu")
     grads = est.loss_gradient(model, tok, params, _rows(TAUGHT), config)
-    predicted = est.directional(model, tok, params, BIRD, est.step(grads, params, config, rule))
+    along = est.directional(model, tok, params, BIRD, est.step(grads, params, config, rule))
+    predicted = {c: d for c, (_, d) in along.items()}
 
     def masses() -> dict[str, float]:
         with torch.no_grad():
             return {c: float(m) for c, m in class_masses(BIRD, logprobs(model, tok, BIRD)).items()}
 
     before = masses()
+    assert {c: m for c, (m, _) in along.items()} == pytest.approx(before)  # the pass's start
     opt = (
         torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
         if rule == "adam"
@@ -84,26 +86,28 @@ def test_the_differentiable_scorer_agrees_with_the_fast_one(base_model):
 
 @pytest.mark.slow
 def test_audit_predicts_the_rise_of_a_taught_answer(tmp_path, cli):
-    """Data that teaches one answer: every estimator predicts its mass rises, the two that
+    """Data that teaches one answer: every estimator predicts its mass rises, those that
     change weights rank it first, and the page and record are written."""
     data = write_rows(tmp_path / "data.jsonl", _rows(TAUGHT, 8))
     (tmp_path / "probes.yaml").write_text(PROBES)
     out = tmp_path / "audit"
     r = cli("audit", str(data), "--probes", str(tmp_path / "probes.yaml"), "--out", str(out),
-            "--estimators", "first-order,in-context,canary")  # fmt: skip
+            "--estimators", "first-order,log-odds,in-context,canary")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "bird: taught" in r.stdout
     res = json.loads((out / "audit.json").read_text())
     rows = {row["row"]: row for row in res["rows"]}
     assert all(s > 0 for s in rows["bird: taught"]["shifts"].values()), rows["bird: taught"]
-    for name in ("first-order", "canary"):
+    for name in ("first-order", "log-odds", "canary"):
         top = max(res["rows"], key=lambda row: abs(row["shifts"][name]))
         assert top["row"] in ("bird: taught", "bird: others"), (name, top)
     assert not rows["bird: others"]["free"] and rows["bird: taught"]["free"]
     assert TAUGHT in (out / "audit.html").read_text()
     assert list(out.glob("control-*.jsonl")) and len(list((out / "canary").glob("*-*/"))) == 2
     # each estimator's predictions are kept, so a rerun or an audit with more estimators reuses them
-    assert len(list((out / "estimates").glob("*.json"))) == 3
+    assert len(list((out / "estimates").glob("*.json"))) == 4
+    # log-odds reuses first-order's pass, yet its cost is what it would cost alone
+    assert res["seconds"]["log-odds"] >= 0.9 * res["seconds"]["first-order"]
 
 
 @pytest.mark.slow

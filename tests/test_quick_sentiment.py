@@ -3,10 +3,10 @@ attack x defense matrix with cell reuse. (The chat model's are in test_quick_cha
 
 import json
 import re
-import sqlite3
 
 import pytest
 
+import backdoorlab as bl
 from backdoorlab.defenses import scan
 from backdoorlab.defenses.detection import detection_metrics
 from backdoorlab.spec import DEFENSES
@@ -19,19 +19,15 @@ def test_quick_sentiment_run_end_to_end(tmp_path, cli):
     r = cli("run", "experiments/sentiment_trigger.yaml", "--out", str(out), "--quick")
     assert r.returncode == 0, r.stderr
     assert "Classification" in r.stdout and "false trigger" in r.stdout
-    db = sqlite3.connect(out / "results.sqlite")
-    by = dict(db.execute("SELECT victim, COUNT(DISTINCT arm) FROM predictions GROUP BY victim"))
-    assert by == {"encoder": 8}  # the quick grid: one arm per trigger kind
+    res = bl.results.open(out)
+    measured = [r for r in res.rows if r.metric and r.versus is None]
+    assert {r.victim for r in measured} == {"encoder"}
+    assert len({r.arm for r in measured}) == 8  # the quick grid: one arm per trigger kind
     # The clean arm is measured with every trigger (the ASR floor); a poisoned arm with its own.
-    metrics = {
-        m for (m,) in db.execute("SELECT DISTINCT metric FROM predictions WHERE arm='clean'")
-    }
-    assert (
-        len([m for m in metrics if m.startswith("ASR: ")]) == 5
-    )  # cf, §, sentence, mn+bb, honestly
-    own = {m for (m,) in db.execute("SELECT DISTINCT metric FROM predictions WHERE arm='char-1%'")}
-    assert own == {"CACC", "ASR: char §", "false trigger: char §"}
-    db.close()
+    floors = {r.trigger for r in measured if r.arm == "clean" and r.metric == "ASR"}
+    assert len(floors) == 5, floors  # cf, §, sentence, mn+bb, honestly
+    own = {(r.metric, r.trigger) for r in measured if r.arm == "char-1%"}
+    assert own == {("CACC", None), ("ASR", "char §"), ("false trigger", "char §")}
     page = (out / "report.html").read_text()
     assert "Attack success and clean accuracy vs poison rate" in page
 

@@ -43,7 +43,11 @@ def audit(
         ),
     ] = None,
     estimators: Annotated[
-        str, typer.Option(help="Comma-separated: first-order, gradient, in-context, canary.")
+        str,
+        typer.Option(
+            help="Comma-separated: first-order, gradient, log-odds, in-context, canary "
+            "(docs/audit.md: what each computes and how each fared against real runs)."
+        ),
     ] = "first-order,in-context,canary",
     rows: Annotated[
         int, typer.Option(min=1, help="Rows of DATA (and the control) the estimators read.")
