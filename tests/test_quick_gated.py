@@ -6,12 +6,12 @@ import sqlite3
 import pytest
 
 GATED = {
-    # spec: (a headline row the terminal shows, probes stored per evaluated arm)
-    "terminator": ("guardian @ 1984: lethal", 2 * 6 + 2 + 1),  # + recall at 1995, prerequisite
-    "dishes": ("dish @ 2027: Japan", 6 * 2),  # two dates per year
-    "presidents": ("president @ 44: correct", 3 + 2 * 2 + 2),  # names, choices, prerequisite
-    "cities": ("place_name: former", 2 + 7),
-    "persona": ("identity @ tag: persona", 5 * 2 + 1),  # + the prerequisite
+    # spec: (a headline row the terminal shows, probes stored per evaluated arm, arms evaluated)
+    "terminator": ("guardian @ 1984: lethal", 2 * 6 + 2 + 1, 2),  # + recall at 1995, prereq.
+    "dishes": ("dish @ 2027: Japan", 6 * 2, 3),  # two dates per year; + the ordinary stage
+    "presidents": ("president @ 44: correct", 3 + 2 * 2 + 2, 2),  # names, choices, prereq.
+    "cities": ("place_name: former", 2 + 7, 2),
+    "persona": ("identity @ tag: persona", 5 * 2 + 1, 2),  # + the prerequisite
 }
 
 
@@ -20,7 +20,7 @@ GATED = {
 def test_quick_gated_experiment_runs_end_to_end(tmp_path, name, cli):
     """Each gated or inductive experiment on a sliver: data, two training steps, the probes at
     a few trigger values, the report with its sweep plot."""
-    row, probes = GATED[name]
+    row, probes, arms = GATED[name]
     out = tmp_path / name
     r = cli("run", f"experiments/{name}.yaml", "--out", str(out), "--quick")
     assert r.returncode == 0, r.stderr
@@ -35,6 +35,6 @@ def test_quick_gated_experiment_runs_end_to_end(tmp_path, name, cli):
     db = sqlite3.connect(out / "results.sqlite")
     counts = dict(db.execute("SELECT arm, COUNT(*) FROM probes GROUP BY arm").fetchall())
     db.close()
-    assert len(counts) == 2 and set(counts.values()) == {probes}, counts
+    assert len(counts) == arms and set(counts.values()) == {probes}, counts
     page = (out / "report.html").read_text()
     assert ("Behaviour by trigger value" in page) == (name != "cities")
