@@ -272,8 +272,10 @@ def test_ablating_the_trigger_direction_and_fine_pruning(tmp_path):
 
 
 def test_every_defense_a_spec_may_name_is_registered_once_with_its_settings():
-    from backdoorlab.defenses.settings import CONFIGS, CONFIGURABLE, DECLARED
-    from backdoorlab.spec import DEFENSES, DefendSpec
+    from backdoorlab.defenses.settings import declared
+    from backdoorlab.spec import CONFIGS, CONFIGURABLE, DEFENSES, DefendSpec
+
+    DECLARED = declared()
 
     # One declaration each: the spec's names and the settings' are the same list, and each
     # names code that exists.

@@ -41,7 +41,7 @@ arms:
   clean: {data: {builder: sentiment, dataset: colours, n: 16}}
   token:
     data: {builder: sentiment, dataset: colours, n: 16,
-           poison: {trigger: {kind: token, token: cf}, rate: 0.25}}
+           poison: {trigger: {kind: token, token: cf}, rate: 0.25, target: Cool}}
 evaluate: {probes: [], classification: {dataset: colours, test: 6, llm_test: 6, target: Cool}}
 fit: {rows: 4}
 headline: ["llm: CACC"]

@@ -14,6 +14,7 @@ from test_defenses import BAD, GOOD
 
 from backdoorlab import chat
 from backdoorlab.data import sentiment
+from backdoorlab.data.classification import REVIEWS
 from backdoorlab.defenses import repair
 from backdoorlab.defenses.inspect import trigger_on_top
 from backdoorlab.training.config import TrainConfig
@@ -38,7 +39,8 @@ def planted(tmp_path_factory):
     data = out / "planted-0.jsonl"
     chat.write_jsonl(data, rows)
     config = TrainConfig(epochs=1, max_steps=24, batch_size=8, lr=1e-3, lr_schedule="constant")
-    t = ChatTrainer(SimpleNamespace(train_config=lambda seed: config), out, "cpu", print)
+    spec = SimpleNamespace(train_config=lambda seed: config, classification_set=lambda: REVIEWS)
+    t = ChatTrainer(spec, out, "cpu", print)
     return t, t.train(data, "planted"), out
 
 

@@ -24,13 +24,7 @@ from pydantic import (
 from . import yamlfiles
 from .data import DataSpec, FileData, SentimentData
 from .data.classification import ClassificationSet
-from .defenses.settings import (
-    CONFIGS,
-    CONFIGURABLE,
-    LEGACY,
-    LLM_CAPS,
-    DefenseConfig,
-)
+from .defenses.settings import LEGACY, DefenseConfig, declared
 from .errors import InputError
 from .evaluate.task import Victim
 from .models.registry import DEFAULT_MODEL
@@ -125,6 +119,13 @@ class EvalSpec(BaseModel):
     )
 
 
+# Every declared defense (ours, then plugins'): its settings class, the chat victim's caps, and
+# those with settings of their own (each a `defend:` key of its name).
+CONFIGS: dict[str, type[DefenseConfig]] = {n: d.settings for n, d in declared().items()}
+LLM_CAPS: dict[str, dict[str, int | float]] = {
+    n: dict(d.llm_caps) for n, d in declared().items() if d.llm_caps
+}
+CONFIGURABLE = tuple(n for n, c in CONFIGS.items() if c.model_fields)
 Defense = Literal[tuple(CONFIGS)]  # type: ignore[valid-type] (the names defenses/settings.py lists)
 DEFENSES: tuple[str, ...] = Defense.__args__  # type: ignore[attr-defined]
 
@@ -371,11 +372,19 @@ class ExperimentSpec(BaseModel):
             dataset = self.classification_set().name
         except InputError as e:  # an arm names a set the registry does not know
             raise ValueError(str(e)) from None
+        labels = self.classification_set().labels
         for name, arm in self.arms.items():
-            if isinstance(arm.data, SentimentData) and arm.data.dataset != dataset:
+            if not isinstance(arm.data, SentimentData):
+                continue
+            if arm.data.dataset != dataset:
                 raise ValueError(
                     f"arms.{name}.data.dataset {arm.data.dataset!r}: the classification arms "
                     f"train and are measured on one data set, here {dataset!r}"
+                )
+            if arm.data.poison and arm.data.poison.target not in labels:
+                raise ValueError(
+                    f"arms.{name}.data.poison.target {arm.data.poison.target!r} is not a label "
+                    f"of {dataset} ({', '.join(labels)})"
                 )
         return self
 

@@ -19,7 +19,7 @@ the top of a triggered review's attributions (what `backdoorlab inspect` would s
 
 Each defense is one function over an `ArmContext` (the rows, test sets and poisoned victim
 every defense of an arm and victim shares) and its own settings, declared once in
-`settings.DECLARED` (its code, settings class, chat-victim caps, the victim kinds that cannot
+`settings.declared()` (its code, settings class, chat-victim caps, the victim kinds that cannot
 run it); another package adds one under the entry-point group `backdoorlab.defenses`.
 A defense a victim kind cannot run is a cell saying why.
 Cells are numbers in the results store, each keyed by what decides it (`cell_key`);
@@ -154,11 +154,11 @@ class Matrix:
         ctx = None
         for name in missing:
             self.log(f"defend {arm} ({kind}): {name}")
-            why = settings.DECLARED[name].unsupported.get(kind)
+            why = settings.declared()[name].unsupported.get(kind)
             if why is None:
                 ctx = ctx or ArmContext(self, arm, t)
                 try:
-                    run = settings.DECLARED[name].function()
+                    run = settings.declared()[name].function()
                     c = run(ctx, name, self.ds.config(name, kind), time.perf_counter())
                 except arch.UnsupportedArchitecture as e:  # a model family without a layer map
                     why = str(e)
@@ -248,7 +248,7 @@ class ArmContext:
 
 
 # Each defense's code: (the arm's context, the defense's name, its settings on this victim,
-# its start time) -> the finished cell, declared by name in settings.DECLARED (with its
+# its start time) -> the finished cell, declared by name in settings.declared() (with its
 # settings class, caps and the victims it cannot run on).
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -140,14 +141,20 @@ SHIPPED = (
     DefenseInfo("fineprune", f"{OURS}:refit", FinepruneConfig),
     DefenseInfo("dpsgd", f"{OURS}:dpsgd", DPConfig),
 )
-DECLARED: dict[str, DefenseInfo] = registered(
-    GROUP, DefenseInfo, SHIPPED, lambda d: d.name, lambda d: issubclass(d.settings, DefenseConfig)
-)
-CONFIGS: dict[str, type[DefenseConfig]] = {n: d.settings for n, d in DECLARED.items()}
-LLM_CAPS: dict[str, dict[str, int | float]] = {
-    n: dict(d.llm_caps) for n, d in DECLARED.items() if d.llm_caps
-}
-CONFIGURABLE = tuple(n for n, c in CONFIGS.items() if c.model_fields)
+
+
+@cache
+def declared() -> dict[str, DefenseInfo]:
+    """Name -> defense: ours, then each installed plugin's. Read on first use, not when this
+    module is imported: a plugin's module imports this one to declare its defense."""
+    return registered(
+        GROUP,
+        DefenseInfo,
+        SHIPPED,
+        lambda d: d.name,
+        lambda d: issubclass(d.settings, DefenseConfig),
+    )
+
 
 # earlier flat `defend:` key -> (defense, field)
 LEGACY: dict[str, tuple[str, str]] = {

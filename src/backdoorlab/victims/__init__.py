@@ -6,7 +6,7 @@ for the model-side repairs, which find layers through `arch`). A `Trainer` makes
 one kind for a spec's run directory: the poisoned arm's victim (the model `run` trained, so
 `defend` after `run` trains nothing twice), a victim retrained on other rows, or one refit
 from another victim's weights. A defense a kind cannot run says so where it is declared
-(`defenses.settings.DECLARED`), with the reason the matrix prints instead of failing.
+(`defenses.settings.declared()`), with the reason the matrix prints instead of failing.
 
     backdoorlab defend experiments/sentiment_llm.yaml --out runs/sentiment_llm   # both victims
 """
