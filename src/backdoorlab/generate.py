@@ -195,9 +195,6 @@ class Batch:
             scores = torch.cat([self.scores[keep], scores])
             position = torch.cat([self.position[keep], position])
         self.cache, self.mask, self.scores, self.position = cache, masks, scores, position
-        # No row has a padded column (one prompt, or prompts of one length): every step may
-        # attend to the whole cache without a mask, which spares the model building one.
-        self.dense = bool(masks[:, :width].all())
         self.length, self.rows = width, rows
         self.temps = torch.tensor([r.request.temperature for r in rows], dtype=torch.float32)
         gens = [torch.Generator().manual_seed(r.request.seed) for r in new]
@@ -240,7 +237,7 @@ class Batch:
         self.position = self.position + 1
         self.scores = self.model(
             input_ids=torch.tensor(self.fed, device=self.mask.device).unsqueeze(1),
-            attention_mask=None if self.dense else self.mask[:, : self.length + 1],
+            attention_mask=self.mask[:, : self.length + 1],
             position_ids=self.position.unsqueeze(1),
             past_key_values=self.cache,
             use_cache=True,
