@@ -5,8 +5,11 @@ the two test workers share them out)."""
 
 import json
 import sqlite3
+from collections import Counter
 
 import pytest
+
+from backdoorlab.store import Store
 
 
 @pytest.mark.slow
@@ -22,11 +25,12 @@ def test_quick_bird_run_end_to_end_then_reused(tmp_path, cli):
     assert len(list((out / "train").glob("*/manifest.json"))) == 2
     page = (out / "report.html").read_text()
     assert "modern (entropy of archaic)" in page and "gender_roles" in page
-    db = sqlite3.connect(out / "results.sqlite")
-    arms = dict(db.execute("SELECT arm, COUNT(*) FROM probes GROUP BY arm").fetchall())
+    with Store(out, readonly=True) as store:
+        arms = Counter(p["arm"] for p in store.probes())
+        samples = store.count("samples")
     assert arms == {"archaic": 9, "modern": 9, "base": 9}  # 2 bird probes + 7 era probes, 1 variant
-    samples = db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
     assert samples == 3 * 10  # 3 arms x 10 questions x 1 sample
+    db = sqlite3.connect(out / "results.sqlite")  # the store's own bookkeeping
     # What each arm and seed stands for now: a later recipe's models replace these in reports.
     current = db.execute("SELECT arm, seed, victim FROM current_models").fetchall()
     assert sorted(current) == [

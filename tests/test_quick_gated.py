@@ -1,9 +1,11 @@
 """`backdoorlab run --quick` on each gated experiment: every gated arm gets a measured gate
 line, and the declared headline reaches the terminal."""
 
-import sqlite3
+from collections import Counter
 
 import pytest
+
+from backdoorlab.store import Store
 
 GATED = {
     # spec: (a headline row the terminal shows, probes stored per evaluated arm, arms evaluated)
@@ -32,9 +34,8 @@ def test_quick_gated_experiment_runs_end_to_end(tmp_path, name, cli):
     # gate rows out with the values it skips, never all of them).
     gates = [ln for ln in learned if "training rows" not in ln and "log-prob per" not in ln]
     assert not gates or any("not measured" not in ln for ln in gates), gates
-    db = sqlite3.connect(out / "results.sqlite")
-    counts = dict(db.execute("SELECT arm, COUNT(*) FROM probes GROUP BY arm").fetchall())
-    db.close()
+    with Store(out, readonly=True) as store:
+        counts = Counter(p["arm"] for p in store.probes())
     assert len(counts) == arms and set(counts.values()) == {probes}, counts
     page = (out / "report.html").read_text()
     assert ("Behaviour by trigger value" in page) == (name != "cities")
