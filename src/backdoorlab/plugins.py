@@ -1,5 +1,5 @@
 """Extension points: what other packages register under an entry-point group (a data builder,
-a classification data set), merged with ours, with one clear line for a plugin that cannot be
+a classification data set, a defense), merged with ours, with one clear line for a plugin that cannot be
 loaded, is not the kind of object its group takes, or takes a name already in use."""
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from . import yamlfiles
-from .data import DataSpec, FileData, SentimentData
+from .data import DataSpec, FileData, SentimentData, classification
 from .data.classification import ClassificationSet
 from .defenses.settings import LEGACY, DefenseConfig, declared
 from .errors import InputError
@@ -86,8 +86,6 @@ class ClassificationEval(BaseModel):
 
     @model_validator(mode="after")
     def _known(self) -> ClassificationEval:
-        from .data import classification
-
         try:
             labels = classification.get(self.dataset).labels
         except InputError as e:
@@ -369,10 +367,10 @@ class ExperimentSpec(BaseModel):
             if arm not in self.arms:
                 raise ValueError(f"{what}: {arm!r} is not one of the arms")
         try:
-            dataset = self.classification_set().name
+            cs = self.classification_set()
         except InputError as e:  # an arm names a set the registry does not know
             raise ValueError(str(e)) from None
-        labels = self.classification_set().labels
+        dataset, labels = cs.name, cs.labels
         for name, arm in self.arms.items():
             if not isinstance(arm.data, SentimentData):
                 continue
@@ -391,8 +389,6 @@ class ExperimentSpec(BaseModel):
     def classification_set(self) -> ClassificationSet:
         """The classification data set the spec's classification arms train on and are
         measured on."""
-        from .data import classification
-
         ce = self.evaluate.classification
         named = sorted(
             a.data.dataset for a in self.arms.values() if isinstance(a.data, SentimentData)
